@@ -1,0 +1,39 @@
+# The only commands: a developer and CI run the same ones.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test lint typecheck check bench container-test clean
+
+install: $(STAMP)  ## create .venv with serving, training and dev dependencies (locked, hashed)
+
+$(STAMP): requirements/dev.txt pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --require-hashes -r requirements/dev.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+serve: $(STAMP)  ## start the service with the bundled models on http://127.0.0.1:8080
+	$(BIN)/tabserve serve
+
+test: $(STAMP)  ## lint, type-check, then the whole test suite
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)  ## the side-by-side benchmark (bench/README.md)
+	bash bench/run.sh
+
+container-test: $(STAMP)  ## build the image with podman, run it locked down, predict, stop
+	bash deploy/container-test.sh
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
