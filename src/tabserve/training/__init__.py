@@ -1,0 +1,1 @@
+"""Training, evaluation, calibration and export (needs the ``train`` extra; never imported by serving)."""
