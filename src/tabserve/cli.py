@@ -35,6 +35,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from tabserve.artifacts import model_dir, verify_model_dir
+
+    module = importlib.import_module(TRAINERS[args.model])
+    verified = verify_model_dir(model_dir(Path(args.models), args.model, args.version))
+    report = module.evaluate(verified, Path(args.data) if args.data else None)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from tabserve.artifacts import list_models, list_versions, verify_model_dir
     from tabserve.manifest import MANIFEST_FILE
@@ -66,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--extra", help="exported prediction log with feedback to add to training")
     train.add_argument("--no-plots", action="store_true", help="skip the model card's PNG plots")
     train.set_defaults(func=_cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="re-score a committed model version on the data and print metrics")
+    evaluate.add_argument("model", choices=sorted(TRAINERS))
+    evaluate.add_argument("--data", help="folder with the training CSVs (co2)")
+    evaluate.add_argument("--models", default=str(DEFAULT_MODELS), help="models root (default: models)")
+    evaluate.add_argument("--version", help="default: newest")
+    evaluate.set_defaults(func=_cmd_evaluate)
 
     verify = sub.add_parser("verify", help="check every file's sha256 and the manifest schema")
     verify.add_argument("path", nargs="?", default=str(DEFAULT_MODELS), help="a model version folder or a root")
