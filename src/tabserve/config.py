@@ -1,0 +1,99 @@
+"""Settings: the only place configuration is read (pydantic-settings, ``TABSERVE_`` prefix, plus ``PORT``).
+
+Every field has a docstring; ``docs/configuration.md`` and the README table are generated from them and a test
+keeps them in agreement.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def parse_model_map(text: str) -> dict[str, str | None]:
+    """``"co2=1.0.0, penguins"`` -> ``{"co2": "1.0.0", "penguins": None}`` (None = newest)."""
+    out: dict[str, str | None] = {}
+    for part in text.split(","):
+        item = part.strip()
+        if not item:
+            continue
+        name, _, version = item.partition("=")
+        out[name.strip()] = version.strip() or None
+    return out
+
+
+class Settings(BaseSettings):
+    """tabserve's configuration. Environment variables are ``TABSERVE_<FIELD>`` (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix="TABSERVE_", extra="ignore", frozen=True)
+
+    models_dir: Path = Path("models")
+    """Folder holding ``<name>/<version>/`` model artifacts."""
+    models: str = ""
+    """Which models to load: ``co2,penguins`` or ``co2=1.0.0,penguins``. Empty = every model, newest version."""
+    fallbacks: str = ""
+    """Fallback version per model, served (degraded) if the configured one fails to load: ``co2=0.9.0``."""
+    default_model: str = "co2"
+    """The model behind ``POST /predict``."""
+    host: str = "0.0.0.0"  # noqa: S104 - a container service listens on all interfaces
+    """Interface to listen on."""
+    port: int = Field(default=8080, validation_alias=AliasChoices("TABSERVE_PORT", "PORT"), ge=1, le=65535)
+    """TCP port. ``PORT`` (set by Cloud Run) is honoured when ``TABSERVE_PORT`` is not set."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Worker processes."""
+    data_dir: Path = Path("var")
+    """Writable folder for the SQLite prediction log, its spill file and multiprocess metrics."""
+    prediction_log: bool = True
+    """Record every prediction in the prediction log."""
+    store_url: SecretStr = SecretStr("")
+    """Prediction log store: empty = SQLite under ``data_dir``; ``postgresql://...`` for several instances."""
+    max_batch: int = Field(default=10_000, ge=1)
+    """Most instances in one request (413 beyond)."""
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    """Largest request body in bytes (413 beyond, without reading it all)."""
+    strict_fields: bool = True
+    """Reject unknown fields with 422 (catches typos such as ``engine_sise``). False: ignore them with a warning."""
+    log_format: Literal["json", "text"] = "json"
+    """``json``: one Cloud Logging object per line; ``text``: human-readable."""
+    log_level: str = "INFO"
+    """Log level of the service's logger."""
+    access_log: bool = True
+    """One structured log line per request."""
+    google_cloud_project: str = Field(
+        default="", validation_alias=AliasChoices("TABSERVE_GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_PROJECT")
+    )
+    """Project id used to build ``logging.googleapis.com/trace`` (``GOOGLE_CLOUD_PROJECT`` is honoured)."""
+    otlp_endpoint: str = Field(
+        default="", validation_alias=AliasChoices("TABSERVE_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+    """OTLP/HTTP endpoint for traces (``OTEL_EXPORTER_OTLP_ENDPOINT`` is honoured). Empty = tracing off."""
+    max_in_flight: int = Field(default=64, ge=0)
+    """Requests a worker handles at once; beyond, 503 with Retry-After at once. 0 = unbounded."""
+    rate_limit: float = Field(default=0.0, ge=0.0)
+    """Requests per second per API key (``X-API-Key``) or client address; 429 beyond. 0 = off."""
+    rate_limit_burst: int = Field(default=20, ge=1)
+    """Burst size of the rate limit's token bucket."""
+    admin_token: SecretStr = SecretStr("")
+    """Bearer token for ``POST /admin/reload``. Empty = the admin route is disabled."""
+    shutdown_grace_s: float = Field(default=10.0, gt=0)
+    """Seconds SIGTERM allows to finish in-flight requests and flush the prediction log."""
+    drift_window: int = Field(default=1000, ge=10)
+    """Recent instances per model compared with the training reference for drift."""
+    retention_days: float = Field(default=90.0, gt=0)
+    """``tabserve prune`` deletes prediction log rows older than this."""
+    warmup: bool = True
+    """Warm every model with its example request before reporting ready."""
+
+    @field_validator("default_model")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return value.strip()
+
+    def model_versions(self) -> dict[str, str | None]:
+        return parse_model_map(self.models)
+
+    def fallback_versions(self) -> dict[str, str]:
+        return {k: v for k, v in parse_model_map(self.fallbacks).items() if v}

@@ -1,0 +1,185 @@
+"""Validating whole instances against a model's manifest: every field checked, every error collected.
+
+``InstanceValidator.one`` handles a single JSON object (the latency path: plain Python, no numpy);
+``InstanceValidator.many`` handles a batch and returns columns ready for ``ColumnEncoder.encode_columns``.
+Both return the same normalised values, warnings and input patterns (a test keeps them equal).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tabserve.errors import FieldError, RequestValidationError
+from tabserve.features.fields import MISSING, Field, InputWarning, NumberField, compile_field
+from tabserve.manifest import Manifest
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(slots=True)
+class Instance:
+    """One validated instance: normalised values (None = absent), warnings, OOD flag, conformal pattern."""
+
+    values: dict[str, Any]
+    warnings: list[InputWarning] = field(default_factory=list)
+    out_of_distribution: bool = False
+    pattern: str = ""
+
+
+@dataclass(slots=True)
+class Batch:
+    """A validated batch: one list per input (None = absent) plus per-row warnings and patterns."""
+
+    rows: int
+    columns: dict[str, list[Any]]
+    warnings: list[list[InputWarning]]
+    out_of_distribution: list[bool]
+    patterns: list[str]
+
+    def instance_values(self, i: int) -> dict[str, Any]:
+        return {name: col[i] for name, col in self.columns.items()}
+
+
+class InstanceValidator:
+    """Built once per model version from its manifest."""
+
+    def __init__(self, manifest: Manifest, *, strict_fields: bool = True) -> None:
+        self.fields: tuple[Field, ...] = tuple(compile_field(spec) for spec in manifest.inputs)
+        self.names = frozenset(f.name for f in self.fields)
+        self.required = tuple(f.name for f in self.fields if f.required)
+        self.pattern_inputs = tuple(manifest.conformal.pattern_inputs)
+        self.strict_fields = strict_fields
+
+    def _unknown_fields(self, obj: dict[str, Any], loc: Loc) -> tuple[list[FieldError], list[InputWarning]]:
+        unknown = sorted(k for k in obj if k not in self.names)
+        if not unknown:
+            return [], []
+        allowed = ", ".join(sorted(self.names))
+        if self.strict_fields:
+            return [
+                FieldError((*loc, k), f"unknown field {k!r}; allowed fields: {allowed}", "unknown_field")
+                for k in unknown
+            ], []
+        return [], [InputWarning(k, "unknown_field", f"unknown field {k!r} was ignored") for k in unknown]
+
+    def _not_object(self, obj: Any, loc: Loc) -> FieldError:
+        got = "array" if isinstance(obj, list) else type(obj).__name__
+        return FieldError(loc, f"an instance must be a JSON object with the model's inputs; got {got}", "wrong_type")
+
+    def check(self, obj: Any, loc: Loc, errors: list[FieldError]) -> Instance | None:
+        """Validate one object; append its errors to ``errors``; return None if it had any."""
+        if type(obj) is not dict:
+            errors.append(self._not_object(obj, loc))
+            return None
+        start = len(errors)
+        values: dict[str, Any] = {}
+        warnings: list[InputWarning] = []
+        ood = False
+        if not obj.keys() <= self.names:
+            field_errors, field_warnings = self._unknown_fields(obj, loc)
+            errors.extend(field_errors)
+            warnings.extend(field_warnings)
+        for checker in self.fields:
+            name = checker.name
+            value, error, warning = checker.check(obj.get(name, MISSING), (*loc, name))
+            if error is not None:
+                errors.append(error)
+                continue
+            values[name] = value
+            if warning is not None:
+                warnings.append(warning)
+                ood = True
+        if len(errors) > start:
+            return None
+        pattern = "".join("0" if values[name] is None else "1" for name in self.pattern_inputs)
+        return Instance(values, warnings, ood, pattern)
+
+    def one(self, obj: Any, loc: Loc = ("body",)) -> Instance:
+        errors: list[FieldError] = []
+        instance = self.check(obj, loc, errors)
+        if instance is None:
+            raise RequestValidationError(errors)
+        return instance
+
+    def many(self, objs: Sequence[Any], loc: Loc = ("body", "instances")) -> Batch:
+        """Validate a batch column by column; numeric columns of plain numbers take a fast path."""
+        acc = _Accumulator(len(objs))
+        names = self.names
+        for i, obj in enumerate(objs):
+            if type(obj) is not dict:
+                acc.fail(self._not_object(obj, (*loc, i)))
+                acc.skip.add(i)
+            elif not obj.keys() <= names:
+                field_errors, field_warnings = self._unknown_fields(obj, (*loc, i))
+                for error in field_errors:
+                    acc.fail(error)
+                acc.warnings[i].extend(field_warnings)
+        safe = [{} if i in acc.skip else obj for i, obj in enumerate(objs)]
+        columns: dict[str, list[Any]] = {}
+        for checker in self.fields:
+            raw = [obj.get(checker.name, MISSING) for obj in safe]
+            column = _fast_numbers(checker, raw) if isinstance(checker, NumberField) else None
+            columns[checker.name] = column if column is not None else acc.check_column(checker, raw, loc)
+        if acc.errors:
+            acc.errors.sort(key=_row_of)
+            raise RequestValidationError(acc.errors[:100])
+        pattern_cols = [columns[name] for name in self.pattern_inputs]
+        patterns = ["".join("0" if col[i] is None else "1" for col in pattern_cols) for i in range(acc.rows)]
+        return Batch(acc.rows, columns, acc.warnings, acc.ood, patterns)
+
+
+class _Accumulator:
+    """Per-row errors, warnings and OOD flags gathered while a batch is checked column by column."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.errors: list[FieldError] = []
+        self.warnings: list[list[InputWarning]] = [[] for _ in range(rows)]
+        self.ood = [False] * rows
+        self.skip: set[int] = set()
+
+    def fail(self, error: FieldError) -> None:
+        self.errors.append(error)
+        if len(self.errors) > 1000:
+            self.errors.sort(key=_row_of)
+            raise RequestValidationError(self.errors[:100])
+
+    def check_column(self, checker: Field, raw: list[Any], loc: Loc) -> list[Any]:
+        column: list[Any] = [None] * self.rows
+        name = checker.name
+        for i, value in enumerate(raw):
+            if i in self.skip:
+                continue
+            out, error, warning = checker.check(value, (*loc, i, name))
+            if error is not None:
+                self.fail(error)
+                continue
+            column[i] = out
+            if warning is not None:
+                self.warnings[i].append(warning)
+                self.ood[i] = True
+        return column
+
+
+def _fast_numbers(checker: NumberField, raw: list[Any]) -> list[float] | None:
+    """The column as floats when every value is a plain number inside the training range, else None."""
+    if not set(map(type, raw)) <= {int, float}:
+        return None
+    try:
+        column = [float(v) for v in raw]
+    except OverflowError:
+        return None
+    if not column or not math.isfinite(sum(column)):
+        return None  # NaN or ±inf somewhere (the stdlib JSON fallback parses them): check one by one
+    if min(column) < checker.train_low or max(column) > checker.train_high:
+        return None
+    if checker.integer and any(v != int(v) for v in column):
+        return None
+    return column
+
+
+def _row_of(error: FieldError) -> int:
+    return error.loc[2] if len(error.loc) > 2 and isinstance(error.loc[2], int) else -1
