@@ -27,6 +27,7 @@ from tabserve.training.penguins_data import (
     read_frame,
     split,
 )
+from tabserve.training.penguins_metrics import served_sets
 from tabserve.training.penguins_model import choose_temperature, estimator_probabilities, fit_pipeline
 
 COMMITTED = Path(__file__).resolve().parents[1] / "models" / "penguins" / "1.0.0"
@@ -194,3 +195,9 @@ def test_train_with_extra_csv_records_second_data_file(tmp_path: Path) -> None:
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert [entry["rows"] for entry in manifest["training_data"]] == [344, 3]
     assert manifest["metrics"]["split"]["cleaned_rows"] == 345
+
+
+def test_served_sets_fall_back_to_top_class_when_lac_set_is_empty() -> None:
+    mask = np.array([[False, False, False], [True, True, False]])
+    served = served_sets(mask, np.array([2, 0]))
+    assert served.tolist() == [[False, False, True], [True, True, False]]
