@@ -1,0 +1,309 @@
+"""``PredictionLog``: takes records off the request path and gets every one of them into the store.
+
+``submit`` only appends to a bounded in-memory queue (one lock, no I/O); one writer thread drains it in
+batches. When the database fails, the writer retries with backoff, then appends the batch to the spill
+file (fsync per batch) and probes the database with growing delays; once a write succeeds again the
+spill is replayed in order (exactly once: the store ignores an existing ``(request_id, index)``) before
+new batches. While anything is spilled, new batches are spilled behind it, so the log keeps its order.
+A full queue makes ``submit`` write straight to the spill; a spill that cannot be written is a loud
+error plus the ``spill_failed`` metric, never a silent drop. A spill left by an earlier process is
+replayed by the writer as soon as it starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from tabserve.errors import NotFoundError, OverloadedError, StoreError
+from tabserve.store.base import FeedbackResult, PredictionStore
+from tabserve.store.record import PredictionRecord
+from tabserve.store.spill import SpillFile
+
+log = logging.getLogger("tabserve.store")
+
+
+class LogObserver(Protocol):
+    """Metrics hooks (the service maps them onto Prometheus). Called from the writer thread, except
+    ``spilled``/``spill_failed`` which a full queue makes ``submit`` call directly. Must not raise."""
+
+    def queue_depth(self, n: int) -> None: ...
+    def written(self, n: int) -> None: ...
+    def spilled(self, n: int) -> None: ...
+    def replayed(self, n: int) -> None: ...
+    def spill_failed(self, n: int) -> None: ...
+
+
+class CountingObserver:
+    """A ``LogObserver`` that keeps totals (tests, benchmarks, ``PredictionLog.stats``)."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.total_written = 0
+        self.total_spilled = 0
+        self.total_replayed = 0
+        self.total_spill_failed = 0
+
+    def queue_depth(self, n: int) -> None:
+        self.depth = n
+
+    def written(self, n: int) -> None:
+        self.total_written += n
+
+    def spilled(self, n: int) -> None:
+        self.total_spilled += n
+
+    def replayed(self, n: int) -> None:
+        self.total_replayed += n
+
+    def spill_failed(self, n: int) -> None:
+        self.total_spill_failed += n
+
+
+class PredictionLog:
+    """One writer thread; bounded queue; batches; spill; replay. See the module docstring."""
+
+    def __init__(
+        self,
+        backend: PredictionStore,
+        *,
+        spill_path: Path,
+        queue_size: int = 100_000,
+        batch_size: int = 500,
+        flush_interval_s: float = 0.2,
+        observer: LogObserver | None = None,
+        retry_delays_s: Sequence[float] = (0.05, 0.2),
+        probe_max_s: float = 5.0,
+    ) -> None:
+        if queue_size < 1 or batch_size < 1 or flush_interval_s <= 0:
+            raise ValueError("queue_size and batch_size must be >= 1 and flush_interval_s > 0")
+        self.backend = backend
+        self.spill = SpillFile(spill_path)
+        self.queue_size = queue_size
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.observer: LogObserver = observer if observer is not None else CountingObserver()
+        self.retry_delays_s = tuple(retry_delays_s)
+        self.probe_min_s = self.retry_delays_s[0] if self.retry_delays_s else 0.05
+        self.probe_max_s = probe_max_s
+        self._queue: deque[PredictionRecord] = deque()
+        self._cond = threading.Condition()
+        self._accepted = 0
+        self._handled = 0
+        self._flush_wanted = False
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._in_hand: list[PredictionRecord] = []
+        self._db_ok = True
+        self._probe_delay = self.probe_min_s
+        self._next_probe = 0.0
+        self._replay_attempts = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Claim the spill file and start the writer (which first replays any leftover spill)."""
+        if self._thread is not None:
+            raise RuntimeError("PredictionLog already started")
+        self.spill.open()
+        if self.spill.pending:
+            log.warning(
+                "prediction log: %d spilled records in %s will be replayed", self.spill.pending, self.spill.path
+            )
+        self._thread = threading.Thread(target=self._run, name="tabserve-prediction-log", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout_s: float) -> bool:
+        """Flush, then stop the writer. What the database did not take in time is spilled, so a SIGTERM
+        never loses records; returns True when everything reached the database or the spill cleanly."""
+        deadline = time.monotonic() + timeout_s
+        flushed = self.flush(timeout_s * 0.7)
+        with self._cond:
+            self._stopping.set()
+            leftovers = list(self._queue)
+            self._queue.clear()
+            self._handled += len(leftovers)
+            if not flushed:
+                leftovers = self._in_hand + leftovers  # the writer may be stuck on the DB: spill its batch too
+            self._cond.notify_all()
+        clean = flushed
+        if leftovers:
+            clean = self._spill_or_fail(leftovers) and clean
+        if self._thread is not None:
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+            if self._thread.is_alive():
+                log.error("prediction log writer did not stop within %.1f s (database hanging?)", timeout_s)
+                return False
+            self._thread = None
+        self.spill.close()
+        return clean
+
+    # -- request path ----------------------------------------------------------------------------------
+    def submit(self, records: Sequence[PredictionRecord]) -> None:
+        """Hand records to the log: never blocks on I/O (unless the queue is full: then they are spilled)."""
+        n = len(records)
+        if n == 0:
+            return
+        with self._cond:
+            if not self._stopping.is_set() and len(self._queue) + n <= self.queue_size:
+                self._queue.extend(records)
+                self._accepted += n
+                if len(self._queue) >= self.batch_size:
+                    self._cond.notify()
+                return
+        self._spill_or_fail(list(records))
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until everything submitted so far is in the database or the spill file."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            target = self._accepted
+            if self._handled >= target:
+                return True
+            if self._thread is None or not self._thread.is_alive():
+                return False
+            self._flush_wanted = True
+            self._cond.notify_all()
+            while self._handled < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def attach_feedback(
+        self, request_id: str, index: int | None, actual: float | str, *, timeout_s: float = 2.0
+    ) -> FeedbackResult:
+        """``store.attach_feedback`` that also finds records still queued or spilled (blocking: call it
+        from a worker thread). ``OverloadedError`` when the log cannot catch up within ``timeout_s``."""
+        try:
+            return self.backend.attach_feedback(request_id, index, actual)
+        except NotFoundError:
+            if not self.flush(timeout_s):
+                raise OverloadedError("the prediction log is behind; retry the feedback shortly") from None
+            if self.spill.pending:
+                self._replay_now(timeout_s)
+            return self.backend.attach_feedback(request_id, index, actual)
+
+    # -- writer thread ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                deadline = time.monotonic() + self.flush_interval_s
+                while not self._stopping.is_set() and not self._flush_wanted and len(self._queue) < self.batch_size:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                if self._stopping.is_set():
+                    return
+                count = min(self.batch_size, len(self._queue))
+                batch = [self._queue.popleft() for _ in range(count)]
+                self._in_hand = batch
+                depth = len(self._queue)
+            try:
+                self.observer.queue_depth(depth)
+                self._maybe_replay()
+                if batch:
+                    self._handle(batch)
+            except Exception:  # a bug must not kill the only writer: keep the records and carry on
+                log.exception("prediction log writer: unexpected error; spilling the batch")
+                if batch:
+                    self._spill_or_fail(batch)
+            with self._cond:
+                self._in_hand = []
+                self._handled += len(batch)
+                if self._handled >= self._accepted:
+                    self._flush_wanted = False
+                self._cond.notify_all()
+
+    def _handle(self, batch: list[PredictionRecord]) -> None:
+        if self._db_ok and not self.spill.pending:
+            if self._write_with_retry(batch):
+                self.observer.written(len(batch))
+                return
+            self._db_ok = False
+            self._schedule_probe(grow=False)
+        self._spill_or_fail(batch)
+
+    def _write_with_retry(self, batch: list[PredictionRecord]) -> bool:
+        for attempt in range(len(self.retry_delays_s) + 1):
+            try:
+                self.backend.write(batch)
+            except StoreError as exc:
+                if attempt == len(self.retry_delays_s) or self._stopping.is_set():
+                    log.warning("prediction log: database write failed, spilling %d records: %s", len(batch), exc)
+                    return False
+                self._stopping.wait(self.retry_delays_s[attempt])
+            else:
+                return True
+        return False
+
+    def _schedule_probe(self, *, grow: bool) -> None:
+        if grow:
+            self._probe_delay = min(self.probe_max_s, self._probe_delay * 2)
+        self._next_probe = time.monotonic() + self._probe_delay
+
+    def _maybe_replay(self) -> None:
+        if not self.spill.pending or (not self._db_ok and time.monotonic() < self._next_probe):
+            return
+        try:
+            path = self.spill.take_for_replay()
+            while path is not None:
+                replayed = 0
+                for chunk in self.spill.read(path, self.batch_size):
+                    self.backend.write(chunk)
+                    replayed += len(chunk)
+                self.spill.finish_replay(path, replayed)
+                self.observer.replayed(replayed)
+                log.info("prediction log: replayed %d spilled records from %s", replayed, path)
+                path = self.spill.take_for_replay()
+        except StoreError as exc:
+            if self._db_ok:
+                log.warning("prediction log: replay failed, will retry: %s", exc)
+            self._db_ok = False
+            self._schedule_probe(grow=True)
+        else:
+            self._db_ok = True
+            self._probe_delay = self.probe_min_s
+        finally:
+            with self._cond:
+                self._replay_attempts += 1
+                self._cond.notify_all()
+
+    def _replay_now(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            target = self._replay_attempts + 1
+            self._next_probe = 0.0
+            self._flush_wanted = True
+            self._cond.notify_all()
+            while self._replay_attempts < target and self.spill.pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._cond.wait(remaining)
+
+    def _spill_or_fail(self, records: list[PredictionRecord]) -> bool:
+        try:
+            self.spill.append(records)
+        except StoreError as exc:
+            log.error(
+                "PREDICTION LOG DATA LOSS: %d records could neither be written to the database nor spilled "
+                "(first request id %s): %s",
+                len(records),
+                records[0].request_id,
+                exc,
+            )
+            self.observer.spill_failed(len(records))
+            return False
+        self.observer.spilled(len(records))
+        return True

@@ -1,0 +1,338 @@
+"""``SqlStore``: the prediction-log logic shared by SQLite and PostgreSQL (one schema, one set of queries).
+
+Backends supply connections, the placeholder style, the migrations and which exceptions mean "the
+database failed"; everything else (insert-or-ignore, feedback rules, export join, retention) lives here so
+both behave identically. Each thread gets its own connection; a connection that failed is dropped and the
+next call reconnects. Migrations run lazily on first use, so a database that is down at start-up only
+delays the log (the writer spills meanwhile) instead of preventing the service from starting.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from tabserve.errors import BadRequestError, ConflictError, NotFoundError, StoreError
+from tabserve.store.base import FeedbackResult
+from tabserve.store.record import PredictionRecord, dumps_json, join_value, loads_json, split_value
+
+log = logging.getLogger("tabserve.store")
+
+Migration = tuple[int, tuple[str, ...]]
+
+_COLUMNS = (
+    "request_id, idx, time, model, model_version, inputs_raw, inputs, prediction_value, prediction_label, "
+    "output, warnings, out_of_distribution, latency_ms"
+)
+_SELECT = (
+    "SELECT p.request_id, p.idx, p.time, p.model, p.model_version, p.inputs_raw, p.inputs, p.prediction_value, "
+    "p.prediction_label, p.output, p.warnings, p.out_of_distribution, p.latency_ms, f.actual_value, "
+    "f.actual_label, f.time FROM predictions p LEFT JOIN feedback f ON f.request_id = p.request_id AND f.idx = p.idx"
+)
+
+
+def _json(value: Any) -> Any:
+    return loads_json(value) if isinstance(value, str | bytes) else value
+
+
+def _row_dict(row: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "request_id": row[0],
+        "index": int(row[1]),
+        "time": float(row[2]),
+        "model": row[3],
+        "model_version": row[4],
+        "inputs_raw": _json(row[5]),
+        "inputs": _json(row[6]),
+        "prediction": join_value(row[7], row[8]),
+        "output": _json(row[9]),
+        "warnings": _json(row[10]),
+        "out_of_distribution": bool(row[11]),
+        "latency_ms": float(row[12]),
+        "actual": join_value(row[13], row[14]),
+        "feedback_time": None if row[15] is None else float(row[15]),
+    }
+
+
+class SqlStore(ABC):
+    """Shared implementation of ``PredictionStore``; see ``SqliteStore`` and ``PostgresStore``."""
+
+    placeholder: str = "?"
+    json_placeholder: str = "?"
+    migrations: tuple[Migration, ...] = ()
+    schema_version_ddl: str = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL)"
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._connections: list[Any] = []
+        self._lock = threading.Lock()
+        self._migrated = False
+        self._closed = False
+
+    # -- backend hooks -------------------------------------------------------------------------------------
+    @abstractmethod
+    def _connect(self) -> Any:
+        """A new DB-API connection (raises the backend's error when the database is unreachable)."""
+
+    @abstractmethod
+    def _transaction(self, conn: Any, *, write: bool) -> AbstractContextManager[Any]:
+        """A context manager yielding a cursor inside one transaction (commit on success, rollback on error)."""
+
+    @abstractmethod
+    def _lock_migrations(self, cur: Any) -> None:
+        """Serialise concurrent ``migrate()`` calls (several workers starting at once)."""
+
+    @property
+    @abstractmethod
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        """Exceptions that mean the database failed (turned into ``StoreError``)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the data lives, without secrets (for logs)."""
+
+    def _stream_cursor(self, conn: Any) -> Any:
+        return conn.cursor()
+
+    # -- connection management -----------------------------------------------------------------------------
+    def _sql(self, text: str) -> str:
+        return text.replace("?J", self.json_placeholder).replace("?", self.placeholder)
+
+    def _conn(self) -> Any:
+        if self._closed:
+            raise StoreError(f"prediction store {self.describe()} is closed")
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = self._connect()
+            except self._errors as exc:
+                raise StoreError(f"cannot connect to the prediction store {self.describe()}: {exc}") from exc
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is None:
+            return
+        with self._lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        try:
+            conn.close()
+        except self._errors:
+            log.debug("closing a failed store connection failed too", exc_info=True)
+
+    def _run(self, what: str, fn: Any, *, write: bool) -> Any:
+        """Run ``fn(cursor)`` in a transaction on this thread's connection; DB failures -> StoreError."""
+        if not self._migrated and what != "migrate":
+            self.migrate()
+        conn = self._conn()
+        try:
+            with self._transaction(conn, write=write) as cur:
+                return fn(cur)
+        except self._errors as exc:
+            self._drop()
+            raise StoreError(f"prediction store {self.describe()}: {what} failed: {exc}") from exc
+
+    # -- PredictionStore -----------------------------------------------------------------------------------
+    def migrate(self) -> None:
+        def apply(cur: Any) -> None:
+            self._lock_migrations(cur)
+            cur.execute(self.schema_version_ddl)
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            current = int(cur.fetchone()[0])
+            for version, statements in self.migrations:
+                if version <= current:
+                    continue
+                for statement in statements:
+                    cur.execute(statement)
+                cur.execute(
+                    self._sql("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)"), (version, time.time())
+                )
+                log.info("prediction store %s: applied migration %d", self.describe(), version)
+
+        self._run("migrate", apply, write=True)
+        self._migrated = True
+
+    def schema_version(self) -> int:
+        def read(cur: Any) -> int:
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            return int(cur.fetchone()[0])
+
+        return int(self._run("schema_version", read, write=False))
+
+    def write(self, records: Sequence[PredictionRecord]) -> None:
+        if not records:
+            return
+        rows = []
+        for r in records:
+            value, label = split_value(r.prediction)
+            rows.append((
+                r.request_id, r.index, r.time, r.model, r.model_version, dumps_json(r.inputs_raw),
+                dumps_json(r.inputs), value, label, dumps_json(r.output), dumps_json(r.warnings),
+                bool(r.out_of_distribution), float(r.latency_ms),
+            ))  # fmt: skip
+        marks = "?, ?, ?, ?, ?, ?J, ?J, ?, ?, ?J, ?J, ?, ?"
+        sql = self._sql(
+            f"INSERT INTO predictions ({_COLUMNS}) VALUES ({marks}) ON CONFLICT (request_id, idx) DO NOTHING"  # noqa: S608
+        )
+        self._run("write", lambda cur: cur.executemany(sql, rows), write=True)
+
+    def attach_feedback(self, request_id: str, index: int | None, actual: float | str) -> FeedbackResult:
+        value, label = split_value(actual)
+        if value is not None and not math.isfinite(value):  # NaN would break idempotency (NaN != NaN)
+            raise BadRequestError("feedback actual must be a finite number or a label")
+
+        def attach(cur: Any) -> FeedbackResult:
+            cur.execute(
+                self._sql(
+                    "SELECT idx, model, model_version, prediction_value, prediction_label FROM predictions "
+                    "WHERE request_id = ? ORDER BY idx"
+                ),
+                (request_id,),
+            )
+            rows = cur.fetchall()
+            if not rows:
+                raise NotFoundError(f"no logged prediction with request id {request_id!r}")
+            if index is None:
+                if len(rows) > 1:
+                    raise BadRequestError(f"request {request_id!r} has {len(rows)} rows: give the row index")
+                row = rows[0]
+            else:
+                found = [r for r in rows if int(r[0]) == index]
+                if not found:
+                    raise NotFoundError(f"request {request_id!r} has no row {index} (it has {len(rows)} rows)")
+                row = found[0]
+            idx = int(row[0])
+            cur.execute(
+                self._sql(
+                    "INSERT INTO feedback (request_id, idx, actual_value, actual_label, time) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (request_id, idx) DO NOTHING"
+                ),
+                (request_id, idx, value, label, time.time()),
+            )
+            created = cur.rowcount == 1
+            if not created:
+                cur.execute(
+                    self._sql("SELECT actual_value, actual_label FROM feedback WHERE request_id = ? AND idx = ?"),
+                    (request_id, idx),
+                )
+                old = join_value(*cur.fetchone())
+                if type(old) is not type(join_value(value, label)) or old != join_value(value, label):
+                    raise ConflictError(
+                        f"request {request_id!r} row {idx} already has a different answer ({old!r}); "
+                        "feedback cannot be changed"
+                    )
+            return FeedbackResult(
+                request_id=request_id,
+                index=idx,
+                actual=actual if isinstance(actual, str) else float(actual),
+                created=created,
+                model=row[1],
+                model_version=row[2],
+                prediction=join_value(row[3], row[4]),
+            )
+
+        result: FeedbackResult = self._run("feedback", attach, write=True)
+        return result
+
+    def export(self, since: float | None, model: str | None, labelled_only: bool) -> Iterator[dict[str, Any]]:
+        where, params = self._filters(since, model)
+        if labelled_only:
+            where.append("f.request_id IS NOT NULL")
+        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY p.time, p.request_id, p.idx"
+        if not self._migrated:
+            self.migrate()
+        conn = self._connect_stream()
+        try:
+            cur = self._stream_cursor(conn)
+            cur.execute(self._sql(sql), params)
+            while True:
+                batch = cur.fetchmany(1000)
+                if not batch:
+                    break
+                for row in batch:
+                    yield _row_dict(row)
+            cur.close()
+        except self._errors as exc:
+            raise StoreError(f"prediction store {self.describe()}: export failed: {exc}") from exc
+        finally:
+            try:
+                conn.close()
+            except self._errors:
+                log.debug("closing the export connection failed", exc_info=True)
+
+    def _connect_stream(self) -> Any:
+        """A private connection for a streaming read (a generator may outlive a thread-local transaction)."""
+        try:
+            return self._connect()
+        except self._errors as exc:
+            raise StoreError(f"cannot connect to the prediction store {self.describe()}: {exc}") from exc
+
+    def _filters(self, since: float | None, model: str | None) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if since is not None:
+            where.append("p.time >= ?")
+            params.append(float(since))
+        if model is not None:
+            where.append("p.model = ?")
+            params.append(model)
+        return where, params
+
+    def recent_inputs(self, model: str, since: float | None, limit: int) -> list[dict[str, Any]]:
+        where, params = self._filters(since, model)
+        condition = " AND ".join(where)  # fixed fragments with placeholders only: values are parameters
+        sql = self._sql(f"SELECT p.inputs FROM predictions p WHERE {condition} ORDER BY p.time DESC LIMIT ?")  # noqa: S608
+
+        def read(cur: Any) -> list[dict[str, Any]]:
+            cur.execute(sql, (*params, max(0, int(limit))))
+            return [_json(row[0]) for row in cur.fetchall()][::-1]
+
+        result: list[dict[str, Any]] = self._run("recent_inputs", read, write=False)
+        return result
+
+    def prune(self, older_than: float) -> int:
+        def delete(cur: Any) -> int:
+            cur.execute(
+                self._sql(
+                    "DELETE FROM feedback WHERE EXISTS (SELECT 1 FROM predictions p WHERE p.request_id = "
+                    "feedback.request_id AND p.idx = feedback.idx AND p.time < ?)"
+                ),
+                (float(older_than),),
+            )
+            cur.execute(self._sql("DELETE FROM predictions WHERE time < ?"), (float(older_than),))
+            return int(cur.rowcount)
+
+        deleted: int = self._run("prune", delete, write=True)
+        return deleted
+
+    def count(self, model: str | None = None) -> int:
+        def read(cur: Any) -> int:
+            if model is None:
+                cur.execute("SELECT COUNT(*) FROM predictions")
+            else:
+                cur.execute(self._sql("SELECT COUNT(*) FROM predictions WHERE model = ?"), (model,))
+            return int(cur.fetchone()[0])
+
+        counted: int = self._run("count", read, write=False)
+        return counted
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            try:
+                conn.close()
+            except self._errors:
+                log.debug("closing a store connection failed", exc_info=True)

@@ -1,0 +1,104 @@
+"""``SqliteStore``: the default prediction log, one SQLite file under the data directory (WAL mode).
+
+One writer (the log's thread) plus readers on their own connections (feedback, export, drift). WAL lets
+readers proceed while the writer commits; ``busy_timeout`` absorbs short lock waits between processes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from tabserve.errors import StoreError
+from tabserve.store.sql import Migration, SqlStore
+
+MIGRATIONS: tuple[Migration, ...] = (
+    (
+        1,
+        (
+            """CREATE TABLE predictions (
+                request_id TEXT NOT NULL,
+                idx INTEGER NOT NULL,
+                time REAL NOT NULL,
+                model TEXT NOT NULL,
+                model_version TEXT NOT NULL,
+                inputs_raw TEXT NOT NULL,
+                inputs TEXT NOT NULL,
+                prediction_value REAL,
+                prediction_label TEXT,
+                output TEXT NOT NULL,
+                warnings TEXT NOT NULL,
+                out_of_distribution INTEGER NOT NULL,
+                latency_ms REAL NOT NULL,
+                PRIMARY KEY (request_id, idx)
+            )""",
+            "CREATE INDEX predictions_model_time ON predictions (model, time)",
+            "CREATE INDEX predictions_time ON predictions (time)",
+            """CREATE TABLE feedback (
+                request_id TEXT NOT NULL,
+                idx INTEGER NOT NULL,
+                actual_value REAL,
+                actual_label TEXT,
+                time REAL NOT NULL,
+                PRIMARY KEY (request_id, idx),
+                FOREIGN KEY (request_id, idx) REFERENCES predictions (request_id, idx) ON DELETE CASCADE
+            )""",
+        ),
+    ),
+)
+
+
+class SqliteStore(SqlStore):
+    """Prediction log in one SQLite file (created with its folder on first use)."""
+
+    placeholder = "?"
+    json_placeholder = "?"
+    migrations = MIGRATIONS
+
+    def __init__(self, path: Path, *, busy_timeout_s: float = 5.0) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
+
+    @property
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        return (sqlite3.Error,)
+
+    def describe(self) -> str:
+        return f"sqlite:{self.path}"
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder of {self.path}: {exc}") from exc
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
+    @contextmanager
+    def _transaction(self, conn: Any, *, write: bool) -> Iterator[Any]:
+        cur = conn.cursor()
+        cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield cur
+        except BaseException:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+        finally:
+            cur.close()
+
+    def _lock_migrations(self, cur: Any) -> None:
+        """``BEGIN IMMEDIATE`` already holds the database's write lock."""
