@@ -69,7 +69,8 @@ def test_stage_inputs_and_outputs_are_recorded() -> None:
     s = _samples(metrics)
     assert s[("tabserve_in_flight_requests", ())] == 0
     assert s[("tabserve_stage_duration_seconds_count", (("model", "co2"), ("stage", "inference")))] == 1
-    assert s[("tabserve_input_warnings_total", (("code", "out_of_distribution"), ("feature", "engine_size_l"), ("model", "co2")))] == 1  # fmt: skip
+    warning = (("code", "out_of_distribution"), ("feature", "engine_size_l"), ("model", "co2"))
+    assert s[("tabserve_input_warnings_total", warning)] == 1
     assert s[("tabserve_out_of_distribution_total", (("feature", "engine_size_l"), ("model", "co2")))] == 1
     assert s[("tabserve_prediction_g_per_km_bucket", (("le", "250.0"), ("model", "co2")))] == 1
     assert s[("tabserve_prediction_g_per_km_bucket", (("le", "200.0"), ("model", "co2")))] == 0
@@ -84,10 +85,9 @@ def test_model_info_replaces_previous_version_on_reload() -> None:
     metrics.model_info("penguins", "1.0.0", "bb", degraded=False)
     metrics.model_info("co2", "1.1.0", "cc", degraded=True)
     info = {k: v for k, v in _samples(metrics).items() if k[0] == "tabserve_model_info"}
-    assert info == {
-        ("tabserve_model_info", (("degraded", "true"), ("model", "co2"), ("sha256", "cc"), ("version", "1.1.0"))): 1,
-        ("tabserve_model_info", (("degraded", "false"), ("model", "penguins"), ("sha256", "bb"), ("version", "1.0.0"))): 1,
-    }  # fmt: skip
+    co2 = (("degraded", "true"), ("model", "co2"), ("sha256", "cc"), ("version", "1.1.0"))
+    penguins = (("degraded", "false"), ("model", "penguins"), ("sha256", "bb"), ("version", "1.0.0"))
+    assert info == {("tabserve_model_info", co2): 1, ("tabserve_model_info", penguins): 1}
     metrics.model_removed("penguins")
     assert len([k for k in _samples(metrics) if k[0] == "tabserve_model_info"]) == 1
 
