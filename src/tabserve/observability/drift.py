@@ -12,7 +12,9 @@ of the PSI. Category features: shares over the reference categories (incl. ``"(m
 ``"(new)"`` bin for every category training never saw; the new categories are listed with their shares.
 PSI = sum((cur - ref) * ln(cur / ref)) with shares floored at ``EPSILON``. Status: ``ok`` below 0.1,
 ``watch`` below 0.25, ``drift`` above; ``insufficient_data`` while the window holds fewer than
-``min_rows`` instances (the PSI is still reported).
+``min_rows`` instances (the PSI is still reported). PSI has a small-sample bias of roughly
+(bins - 1) / n, so a 40-category feature reads ~0.2 at n = 200 on unshifted data: hence the default
+``min_rows`` of 500 (measured on the co2 data: every feature < 0.06 at n = 1000).
 """
 
 from __future__ import annotations
@@ -209,7 +211,7 @@ def drift_from_inputs(
     inputs: Iterable[Mapping[str, Any]],
     *,
     model: str = "",
-    min_rows: int = 100,
+    min_rows: int = 500,
     detail: bool = True,
 ) -> dict[str, Any]:
     """The same report as ``DriftMonitor.report`` over a list of (normalised) input dicts."""
@@ -229,7 +231,7 @@ class _Window:
 class DriftMonitor:
     """Rolling windows of recent inputs per model; PSI computed only when a report is asked for."""
 
-    def __init__(self, window: int = 1000, *, min_rows: int = 100, observer: DriftObserver | None = None) -> None:
+    def __init__(self, window: int = 1000, *, min_rows: int = 500, observer: DriftObserver | None = None) -> None:
         if window < 1:
             raise ValueError("drift window must be at least 1")
         self.window = window
