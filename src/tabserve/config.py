@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     """Recent instances per model compared with the training reference for drift."""
     retention_days: float = Field(default=90.0, gt=0)
     """``tabserve prune`` deletes prediction log rows older than this."""
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None, validation_alias=AliasChoices("TABSERVE_PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROC_DIR")
+    )
+    """Shared folder for multi-worker metrics; ``tabserve serve --workers N`` sets it (under ``data_dir``)."""
     warmup: bool = True
     """Warm every model with its example request before reporting ready."""
 

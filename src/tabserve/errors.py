@@ -59,6 +59,7 @@ class TabserveError(Exception):
 
 
 class ArtifactError(TabserveError):
+    status = 422  # in the API: the model version asked for (reload, metadata) is not usable
     title = "Model artifact error"
     slug = "artifact-error"
 
@@ -125,6 +126,12 @@ class UnsupportedMediaTypeError(TabserveError):
     status = 415
     title = "Unsupported media type"
     slug = "unsupported-media-type"
+
+
+class ServiceUnavailableError(TabserveError):
+    status = 503
+    title = "Service unavailable"
+    slug = "service-unavailable"
 
 
 class OverloadedError(TabserveError):

@@ -94,7 +94,8 @@ class InstanceValidator:
                 ood = True
         if len(errors) > start:
             return None
-        pattern = "".join("0" if values[name] is None else "1" for name in self.pattern_inputs)
+        unknown = {w.field for w in warnings if w.code == "unknown_category"} if warnings else ()
+        pattern = "".join("0" if values[name] is None or name in unknown else "1" for name in self.pattern_inputs)
         return Instance(values, warnings, ood, pattern)
 
     def one(self, obj: Any, loc: Loc = ("body",)) -> Instance:
@@ -126,8 +127,7 @@ class InstanceValidator:
         if acc.errors:
             acc.errors.sort(key=_row_of)
             raise RequestValidationError(acc.errors[:100])
-        pattern_cols = [columns[name] for name in self.pattern_inputs]
-        patterns = ["".join("0" if col[i] is None else "1" for col in pattern_cols) for i in range(acc.rows)]
+        patterns = _patterns(self.pattern_inputs, columns, acc.warnings, acc.rows)
         return Batch(acc.rows, columns, acc.warnings, acc.ood, patterns)
 
 
@@ -179,6 +179,20 @@ def _fast_numbers(checker: NumberField, raw: list[Any]) -> list[float] | None:
     if checker.integer and any(v != int(v) for v in column):
         return None
     return column
+
+
+def _patterns(
+    names: tuple[str, ...], columns: dict[str, list[Any]], warnings: list[list[InputWarning]], rows: int
+) -> list[str]:
+    """Conformal pattern per row: an input counts as given when present and not an unknown category (the
+    model encodes an unknown category like an absent one, so it must get the same conformal table)."""
+    cols = [columns[name] for name in names]
+    patterns = ["".join("0" if col[i] is None else "1" for col in cols) for i in range(rows)]
+    for i, row_warnings in enumerate(warnings):
+        unknown = {w.field for w in row_warnings if w.code == "unknown_category"}
+        if unknown & set(names):
+            patterns[i] = "".join("0" if n in unknown else c for n, c in zip(names, patterns[i], strict=True))
+    return patterns
 
 
 def _row_of(error: FieldError) -> int:

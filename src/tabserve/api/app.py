@@ -1,0 +1,149 @@
+"""``create_app(settings)``: builds every per-app object, wires routes, and owns start-up and shutdown.
+
+Nothing happens at import. The lifespan verifies, loads and warms the models (off the event loop), starts the
+prediction log writer, and on shutdown flushes the log within the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError as FastAPIValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tabserve import __version__
+from tabserve.api import problems
+from tabserve.api.context import AppContext
+from tabserve.api.middleware import Admission, RateLimiter, RequestEnvelope
+from tabserve.api.openapi import install_openapi
+from tabserve.api.routes_admin import router as admin_router
+from tabserve.api.routes_health import router as health_router
+from tabserve.api.routes_models import router as models_router
+from tabserve.api.routes_oip import router as oip_router
+from tabserve.config import Settings
+from tabserve.errors import TabserveError
+from tabserve.observability.drift import DriftMonitor
+from tabserve.observability.logging import AccessLog, configure_logging, log_fields
+from tabserve.observability.metrics import ServiceMetrics
+from tabserve.observability.tracing import Tracing
+from tabserve.observe import PredictionObserver
+from tabserve.registry import ModelRegistry, ModelState
+from tabserve.service import PredictionService
+from tabserve.store.base import open_store
+from tabserve.store.log import PredictionLog
+
+SPILL_FILE = "prediction-log.spill.jsonl"
+
+
+def _registry_listener(ctx_holder: list[AppContext]) -> object:
+    def on_change(state: ModelState) -> None:
+        if not ctx_holder:
+            return
+        ctx = ctx_holder[0]
+        model = state.serving
+        if model is not None:
+            ctx.metrics.model_info(model.name, model.version, model.onnx_sha256, model.degraded)
+            ctx.drift.register(model.name, model.manifest)
+        level = 30 if state.error else 20
+        message = f"model {state.name}: {state.status}" + (f" ({state.error})" if state.error else "")
+        log_fields(ctx.logger, level, message, model=state.name, model_version=state.version, status=state.status)
+
+    return on_change
+
+
+def create_app(settings: Settings | None = None, *, metrics: ServiceMetrics | None = None) -> FastAPI:
+    """A fully isolated app: its own registry, metrics registry, logger, tracer, drift windows and log."""
+    settings = settings or Settings()
+    holder: list[AppContext] = []
+    registry = ModelRegistry(
+        settings.models_dir,
+        settings.model_versions(),
+        settings.fallback_versions(),
+        strict_fields=settings.strict_fields,
+        warmup=settings.warmup,
+        listener=_registry_listener(holder),  # type: ignore[arg-type]
+    )
+    metrics = metrics or ServiceMetrics(settings.prometheus_multiproc_dir)
+    drift = DriftMonitor(settings.drift_window, observer=metrics.drift)
+    logger = configure_logging(settings.log_format, settings.log_level, settings.google_cloud_project or None)
+    tracing = Tracing.create(settings.otlp_endpoint or None, "tabserve")
+    log: PredictionLog | None = None
+    if settings.prediction_log:
+        store = open_store(settings.store_url.get_secret_value(), settings.data_dir)
+        log = PredictionLog(store, spill_path=settings.data_dir / SPILL_FILE, observer=metrics.store_metrics())
+    service = PredictionService(registry, max_batch=settings.max_batch, hooks=PredictionObserver(metrics, drift, log))
+    admission = Admission(settings.max_in_flight)
+    ctx = AppContext(settings, registry, service, metrics, drift, tracing, logger, admission, log)
+    holder.append(ctx)
+
+    app = FastAPI(
+        title="tabserve",
+        version=__version__,
+        description="Predictions with honest confidence for tabular models (ONNX + JSON manifests).",
+        lifespan=_lifespan,
+    )
+    app.state.ctx = ctx
+    app.add_exception_handler(TabserveError, problems.tabserve_error_handler)
+    app.add_exception_handler(FastAPIValidationError, problems.fastapi_validation_handler)
+    app.add_exception_handler(StarletteHTTPException, problems.http_error_handler)
+    app.add_exception_handler(Exception, problems.unexpected_error_handler)
+    for router in (health_router, models_router, admin_router, oip_router):
+        app.include_router(router)
+    app.add_middleware(
+        RequestEnvelope,
+        metrics=metrics,
+        access_log=AccessLog(logger, settings.access_log),
+        tracing=tracing,
+        admission=admission,
+        limiter=RateLimiter(settings.rate_limit, settings.rate_limit_burst) if settings.rate_limit else None,
+    )
+    install_openapi(app)
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    ctx: AppContext = app.state.ctx
+    loop = asyncio.get_running_loop()
+    if ctx.log is not None:
+        await asyncio.to_thread(ctx.log.backend.migrate)
+        ctx.log.start()
+    await asyncio.to_thread(ctx.registry.load_all)
+    failures = ctx.registry.failures()
+    if failures:
+        detail = "; ".join(f"{name}: {error}" for name, error in failures.items())
+        log_fields(ctx.logger, 50, f"cannot serve: {detail}", status="failed")
+        await _close(ctx)
+        raise TabserveError(f"cannot serve: {detail}")
+    ctx.admission.calibrate()
+    with suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_all(ctx)))
+    ctx.started = True
+    log_fields(ctx.logger, 20, "ready", models={n: s.version for n, s in ctx.registry.states().items()})
+    try:
+        yield
+    finally:
+        with suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGHUP)
+        await _close(ctx)
+
+
+async def _reload_all(ctx: AppContext) -> None:
+    for name in ctx.registry.names():
+        try:
+            await asyncio.to_thread(ctx.registry.reload, name, ctx.settings.model_versions().get(name))
+        except TabserveError:
+            continue  # reported by the registry listener; the old version keeps serving
+
+
+async def _close(ctx: AppContext) -> None:
+    if ctx.log is not None:
+        clean = await asyncio.to_thread(ctx.log.close, max(1.0, ctx.settings.shutdown_grace_s * 0.5))
+        level = 20 if clean else 40
+        log_fields(ctx.logger, level, "prediction log flushed" if clean else "prediction log flush incomplete")
+        ctx.log.backend.close()
+    ctx.tracing.shutdown()

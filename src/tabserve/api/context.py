@@ -1,0 +1,40 @@
+"""The per-app objects routes need, built by ``create_app`` and reached through a typed dependency."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from tabserve.api.middleware import Admission
+from tabserve.config import Settings
+from tabserve.observability.drift import DriftMonitor
+from tabserve.observability.metrics import ServiceMetrics
+from tabserve.observability.tracing import Tracing
+from tabserve.registry import ModelRegistry
+from tabserve.service import PredictionService
+from tabserve.store.log import PredictionLog
+
+
+@dataclass(slots=True)
+class AppContext:
+    settings: Settings
+    registry: ModelRegistry
+    service: PredictionService
+    metrics: ServiceMetrics
+    drift: DriftMonitor
+    tracing: Tracing
+    logger: logging.Logger
+    admission: Admission
+    log: PredictionLog | None = None
+    started: bool = False
+
+
+def _context(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+ContextDep = Annotated[AppContext, Depends(_context)]

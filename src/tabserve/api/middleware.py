@@ -1,0 +1,180 @@
+"""The request envelope, as one pure ASGI middleware: request id, trace context, admission control,
+rate limit, and — after the response — the request metric and the access log line.
+
+Pure ASGI (not ``BaseHTTPMiddleware``): it adds a few microseconds, not a task and a queue per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import OrderedDict
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tabserve.api.problems import PROBLEM_JSON, problem_document
+from tabserve.errors import OverloadedError, RateLimitedError, TabserveError
+from tabserve.observability.logging import AccessLog, bind_request, new_request_id, reset_request, trace_from_headers
+from tabserve.observability.metrics import ServiceMetrics
+from tabserve.observability.tracing import Tracing
+
+EXEMPT_PATHS = frozenset({"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready"})
+"""Probes and scrapes are never refused: an overloaded pod must not be restarted for being busy."""
+MAX_REQUEST_ID = 128
+
+
+class Admission:
+    """Bounds the requests a worker holds at once, counting those still waiting for the event loop.
+
+    Every request is an asyncio task from the moment the server parsed its headers, so the number of live
+    tasks (less the server's own baseline) is the number in flight *and queued*. Beyond ``limit`` a
+    request is refused at once with 503 + Retry-After instead of waiting behind the others.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.baseline = 0
+
+    def calibrate(self) -> None:
+        """Called at start-up, when only the server's own tasks exist."""
+        self.baseline = len(asyncio.all_tasks())
+
+    def admit(self) -> None:
+        if self.limit and len(asyncio.all_tasks()) - self.baseline > self.limit:
+            raise OverloadedError(f"more than {self.limit} requests in flight on this worker; retry shortly")
+
+
+class RateLimiter:
+    """Token bucket per API key (``X-API-Key``) or client address; LRU-bounded number of buckets."""
+
+    def __init__(self, rate: float, burst: int, max_keys: int = 10_000) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def check(self, key: str, now: float) -> None:
+        tokens, stamp = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            retry = max(1, math.ceil((1.0 - tokens) / self.rate))
+            raise RateLimitedError(f"rate limit of {self.rate:g} requests/s exceeded", retry_after_s=retry)
+        self._buckets[key] = (tokens - 1.0, now)
+        if len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _clean_request_id(value: str | None) -> str:
+    if value and len(value) <= MAX_REQUEST_ID and value.isascii() and value.isprintable():
+        return value
+    return new_request_id()
+
+
+class RequestEnvelope:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: ServiceMetrics,
+        access_log: AccessLog,
+        tracing: Tracing,
+        admission: Admission,
+        limiter: RateLimiter | None,
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access_log = access_log
+        self.tracing = tracing
+        self.admission = admission
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        request_id = _clean_request_id(_header(headers, b"x-request-id"))
+        traceparent = _header(headers, b"traceparent")
+        trace = trace_from_headers(traceparent, _header(headers, b"x-cloud-trace-context"))
+        token = bind_request(request_id, trace)
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        rid_header = (b"x-request-id", request_id.encode("latin-1"))
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), rid_header]
+            await send(message)
+
+        path: str = scope["path"]
+        try:
+            if path not in EXEMPT_PATHS:
+                try:
+                    self.admission.admit()
+                    if self.limiter is not None:
+                        self.limiter.check(self._client_key(scope, headers), time.monotonic())
+                except TabserveError as exc:
+                    self.metrics.rejected("overload" if isinstance(exc, OverloadedError) else "rate_limit")
+                    await self._refuse(exc, request_id, send_with_id)
+                    return
+            self.metrics.in_flight_inc()
+            try:
+                with self.tracing.request_span(f"{scope['method']} {path}", traceparent, request_id=request_id):
+                    await self.app(scope, receive, send_with_id)
+            finally:
+                self.metrics.in_flight_dec()
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            model = state.get("model", "")
+            self.metrics.request(template, model, status, elapsed)
+            timings = state.get("timings")
+            if self.access_log.enabled:
+                self.access_log(
+                    scope["method"],
+                    template,
+                    status,
+                    round(elapsed * 1000.0, 3),
+                    rows=state.get("rows"),
+                    preprocess_ms=round((timings.validate + timings.preprocess) * 1000.0, 3) if timings else None,
+                    inference_ms=round(timings.inference * 1000.0, 3) if timings else None,
+                )
+            reset_request(token)
+
+    @staticmethod
+    def _client_key(scope: Scope, headers: list[tuple[bytes, bytes]]) -> str:
+        key = _header(headers, b"x-api-key")
+        if key:
+            return "key:" + key
+        client = scope.get("client")
+        return "addr:" + (client[0] if client else "unknown")
+
+    @staticmethod
+    async def _refuse(exc: TabserveError, request_id: str, send: Send) -> None:
+        body = problem_document(exc.status, exc.title, exc.detail, exc.slug)
+        body["request_id"] = request_id
+        retry = getattr(exc, "retry_after_s", 1)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": exc.status,
+                "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"retry-after", str(retry).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": orjson.dumps(body)})

@@ -1,0 +1,101 @@
+"""The simple API: predict (default and per model), model metadata, drift, and feedback."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from tabserve.api.body import read_json
+from tabserve.api.context import AppContext, ContextDep
+from tabserve.api.metadata import model_summary, version_document
+from tabserve.artifacts import list_versions, model_dir, verify_model_dir
+from tabserve.errors import ModelNotFoundError, ServiceUnavailableError
+
+router = APIRouter(tags=["predict"])
+
+LevelQuery = Annotated[
+    str | None, Query(description="Confidence level of the interval / prediction set (see the model's levels)")
+]
+
+PREDICT_DOC = (
+    'One instance as a JSON object, or a batch as `{"instances": [...]}`. Numbers in the canonical unit, or '
+    '`{"value": x, "unit": "..."}`. Returns the prediction with its conformal interval (regression) or '
+    "probabilities and prediction set (classification), warnings and the out-of-distribution flag."
+)
+
+
+async def _predict(ctx: AppContext, request: Request, name: str, level: str | None) -> Response:
+    body = await read_json(request, ctx.settings.max_body_bytes)
+    state: dict[str, Any] = request.scope["state"]
+    state["model"] = name
+    result = ctx.service.predict(name, body, request_id=state["request_id"], level=level, info=state)
+    return Response(orjson.dumps(result), media_type="application/json")
+
+
+@router.post("/predict", summary="Predict with the default model (co2)", description=PREDICT_DOC)
+async def predict_default(request: Request, ctx: ContextDep, level: LevelQuery = None) -> Response:
+    return await _predict(ctx, request, ctx.settings.default_model, level)
+
+
+@router.post("/models/{name}/predict", summary="Predict with a named model", description=PREDICT_DOC)
+async def predict_model(name: str, request: Request, ctx: ContextDep, level: LevelQuery = None) -> Response:
+    return await _predict(ctx, request, name, level)
+
+
+@router.get("/models", summary="Models served and their versions")
+async def list_models_route(ctx: ContextDep) -> Response:
+    states = ctx.registry.states()
+    body = {
+        "default_model": ctx.settings.default_model,
+        "models": [model_summary(ctx, name, states[name]) for name in sorted(states)],
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get("/models/{name}", summary="One model: versions, input and output schema, example request")
+async def get_model(name: str, ctx: ContextDep) -> Response:
+    model = ctx.registry.get(name)
+    body = version_document(model.manifest, serving=True)
+    body["versions"] = list_versions(ctx.settings.models_dir, name)
+    body["status"] = ctx.registry.states()[name].as_dict()
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get("/models/{name}/versions/{version}", summary="One model version (verified from disk)")
+async def get_model_version(name: str, version: str, ctx: ContextDep) -> Response:
+    if name not in ctx.registry.states():
+        raise ModelNotFoundError(f"no model {name!r}")
+    path = model_dir(ctx.settings.models_dir, name, version)
+    verified = await asyncio.to_thread(verify_model_dir, path)
+    loaded = ctx.registry.states()[name].version == version
+    body = version_document(verified.manifest, serving=loaded)
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get("/models/{name}/drift", summary="Drift of recent inputs against the training reference")
+async def get_drift(name: str, ctx: ContextDep) -> Response:
+    ctx.registry.get(name)
+    report = ctx.drift.report(name)
+    return Response(orjson.dumps(report), media_type="application/json")
+
+
+class Feedback(BaseModel):
+    """The true outcome of a logged prediction."""
+
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(min_length=1, max_length=128)
+    index: int | None = Field(default=None, ge=0, description="Row of a batch request; omit for a single one")
+    actual: float | str = Field(description="Measured CO2 in g/km, or the species")
+
+
+@router.post("/feedback", tags=["feedback"], summary="Attach the true value to a logged prediction")
+async def feedback(item: Feedback, ctx: ContextDep) -> Response:
+    if ctx.log is None:
+        raise ServiceUnavailableError("the prediction log is disabled (TABSERVE_PREDICTION_LOG=false)")
+    result = await asyncio.to_thread(ctx.log.attach_feedback, item.request_id, item.index, item.actual)
+    return Response(orjson.dumps(result.as_dict()), media_type="application/json")

@@ -1,0 +1,89 @@
+"""After every prediction: metrics, the prediction log record(s) and the drift window, in one place.
+
+``PredictionObserver`` implements ``service.ServiceHooks``. It does only cheap, bounded work on the request
+path: counters, a deque append, and a non-blocking hand-off to the prediction log's writer thread.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from tabserve.observability.drift import DriftMonitor
+from tabserve.observability.logging import set_model
+from tabserve.observability.metrics import ServiceMetrics
+from tabserve.service import Outcome
+from tabserve.store.record import PredictionRecord
+
+
+class RecordSink(Protocol):
+    """The prediction log as the request path sees it: a non-blocking submit."""
+
+    def submit(self, records: list[PredictionRecord]) -> None: ...
+
+
+class PredictionObserver:
+    def __init__(self, metrics: ServiceMetrics, drift: DriftMonitor | None, log: RecordSink | None) -> None:
+        self.metrics = metrics
+        self.drift = drift
+        self.log = log
+
+    def predicted(self, outcome: Outcome) -> None:
+        model = outcome.model
+        name = model.name
+        set_model(name, model.version)
+        metrics = self.metrics
+        timings = outcome.timings
+        metrics.stage("validate", name, timings.validate)
+        metrics.stage("preprocess", name, timings.preprocess)
+        metrics.stage("inference", name, timings.inference)
+        metrics.stage("explain", name, timings.explain)
+        rows = len(outcome.answers)
+        metrics.rows(name, rows)
+        regression = model.confidence.task == "regression"
+        for answer in outcome.answers:
+            if regression:
+                metrics.regression_value(name, answer["prediction"])
+            else:
+                probabilities = answer["probabilities"]
+                metrics.class_prediction(name, answer["prediction"], probabilities[answer["prediction"]])
+            for warning in answer["warnings"]:
+                metrics.warning(name, warning["field"], warning["code"])
+                if warning["code"] == "out_of_distribution":
+                    metrics.out_of_distribution(name, warning["field"])
+        if self.drift is not None:
+            add = self.drift.add
+            for values in outcome.values:
+                add(name, values)
+        if self.log is not None:
+            self.log.submit(self._records(outcome))
+
+    @staticmethod
+    def _records(outcome: Outcome) -> list[PredictionRecord]:
+        now = time.time()
+        latency_ms = (time.perf_counter() - outcome.started) * 1000.0
+        model = outcome.model
+        records = []
+        for index, (raw, values, answer) in enumerate(zip(outcome.raw, outcome.values, outcome.answers, strict=True)):
+            output: dict[str, Any]
+            if "interval" in answer:
+                output = {"interval": answer["interval"]}
+            else:
+                output = {"probabilities": answer["probabilities"], "prediction_set": answer["prediction_set"]}
+            records.append(
+                PredictionRecord(
+                    request_id=outcome.request_id,
+                    index=index,
+                    time=now,
+                    model=model.name,
+                    model_version=model.version,
+                    inputs_raw=raw,
+                    inputs=values,
+                    prediction=answer["prediction"],
+                    output=output,
+                    warnings=answer["warnings"],
+                    out_of_distribution=answer["out_of_distribution"],
+                    latency_ms=latency_ms,
+                )
+            )
+        return records

@@ -1,0 +1,192 @@
+"""The one prediction path every route shares: validate → encode → run → explain confidence → observe.
+
+``/predict``, ``/models/{name}/predict`` and the Open Inference Protocol's ``infer`` all end up in
+``PredictionService.predict``; routes only translate HTTP. Observability (metrics, prediction log, drift,
+tracing) is injected through ``ServiceHooks``: nothing here is global.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from tabserve.errors import FieldError, PayloadTooLargeError, RequestValidationError
+from tabserve.features.fields import InputWarning
+from tabserve.features.validation import Batch, Instance
+from tabserve.registry import ModelRegistry, ServingModel
+
+
+@dataclass(slots=True)
+class Timings:
+    """Seconds spent per stage of one request (reported in logs, metrics and traces)."""
+
+    validate: float = 0.0
+    preprocess: float = 0.0
+    inference: float = 0.0
+    explain: float = 0.0
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one predict call produced, for the hooks (log, metrics, drift)."""
+
+    model: ServingModel
+    request_id: str
+    raw: Sequence[Any]
+    values: Sequence[dict[str, Any]]
+    answers: list[dict[str, Any]]
+    timings: Timings
+    started: float
+
+
+class ServiceHooks(Protocol):
+    """Observability injected by ``create_app``: called after every successful prediction."""
+
+    def predicted(self, outcome: Outcome) -> None: ...
+
+
+class _NoHooks:
+    def predicted(self, outcome: Outcome) -> None:  # noqa: ARG002 - the protocol's signature
+        return None
+
+
+def _warning_dicts(warnings: list[InputWarning]) -> list[dict[str, str]]:
+    return [w.as_dict() for w in warnings]
+
+
+class PredictionService:
+    def __init__(self, registry: ModelRegistry, *, max_batch: int, hooks: ServiceHooks | None = None) -> None:
+        self.registry = registry
+        self.max_batch = max_batch
+        self.hooks: ServiceHooks = hooks or _NoHooks()
+
+    def predict(
+        self,
+        name: str,
+        body: Any,
+        *,
+        request_id: str,
+        level: str | float | None = None,
+        version: str | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """One instance (a JSON object) or ``{"instances": [...]}``; returns the response document.
+
+        ``info`` (optional) receives ``model``, ``rows`` and ``timings`` for the access log."""
+        started = time.perf_counter()
+        model = self.registry.get(name, version)
+        chosen = model.confidence.resolve_level(level)
+        model_ref = {"name": model.name, "version": model.version}
+        if type(body) is dict and "instances" in body:
+            objs = self._batch_items(body)
+            answers, values, timings = self._run_many(model, objs, chosen)
+            self.hooks.predicted(Outcome(model, request_id, objs, values, answers, timings, started))
+            if info is not None:
+                info.update(model=model.name, rows=len(answers), timings=timings)
+            return {"predictions": answers, "model": model_ref, "request_id": request_id}
+        answer, instance, timings = self._run_one(model, body, chosen)
+        if info is not None:
+            info.update(model=model.name, rows=1, timings=timings)
+        self.hooks.predicted(Outcome(model, request_id, (body,), (instance.values,), [answer], timings, started))
+        answer["model"] = model_ref
+        answer["request_id"] = request_id
+        return answer
+
+    def predict_instances(
+        self,
+        name: str,
+        objs: list[Any],
+        *,
+        request_id: str,
+        level: str | float | None = None,
+        version: str | None = None,
+    ) -> tuple[ServingModel, list[dict[str, Any]]]:
+        """Batch entry for protocol adapters (Open Inference Protocol): instances in, per-instance answers out."""
+        started = time.perf_counter()
+        model = self.registry.get(name, version)
+        chosen = model.confidence.resolve_level(level)
+        self._check_size(objs)
+        answers, values, timings = self._run_many(model, objs, chosen)
+        self.hooks.predicted(Outcome(model, request_id, objs, values, answers, timings, started))
+        return model, answers
+
+    def _batch_items(self, body: dict[str, Any]) -> list[Any]:
+        extra = sorted(k for k in body if k != "instances")
+        if extra:
+            raise RequestValidationError(
+                [FieldError(("body", k), f"unknown field {k!r} beside 'instances'", "unknown_field") for k in extra]
+            )
+        objs = body["instances"]
+        if type(objs) is not list:
+            raise RequestValidationError(
+                [FieldError(("body", "instances"), "instances must be an array of objects", "wrong_type")]
+            )
+        self._check_size(objs)
+        return objs
+
+    def _check_size(self, objs: Sequence[Any]) -> None:
+        if not objs:
+            raise RequestValidationError(
+                [FieldError(("body", "instances"), "instances must not be empty", "empty_batch")]
+            )
+        if len(objs) > self.max_batch:
+            raise PayloadTooLargeError(f"batch of {len(objs)} instances is over the maximum of {self.max_batch}")
+
+    def _run_one(self, model: ServingModel, body: Any, level: float) -> tuple[dict[str, Any], Instance, Timings]:
+        t0 = time.perf_counter()
+        instance = model.validator.one(body)
+        t1 = time.perf_counter()
+        matrix = model.runtime.encoder.encode_row(instance.values)
+        t2 = time.perf_counter()
+        raw = model.runtime.run(matrix)
+        t3 = time.perf_counter()
+        answer = self._answer(model, raw[0], instance.pattern, level, instance.warnings, instance.out_of_distribution)
+        t4 = time.perf_counter()
+        return answer, instance, Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+
+    def _run_many(
+        self, model: ServingModel, objs: Sequence[Any], level: float
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Timings]:
+        t0 = time.perf_counter()
+        batch: Batch = model.validator.many(objs)
+        t1 = time.perf_counter()
+        matrix = model.runtime.encoder.encode_columns(batch.columns, batch.rows)
+        t2 = time.perf_counter()
+        raw = model.runtime.run(matrix)
+        t3 = time.perf_counter()
+        answers = [
+            self._answer(model, raw[i], batch.patterns[i], level, batch.warnings[i], batch.out_of_distribution[i])
+            for i in range(batch.rows)
+        ]
+        t4 = time.perf_counter()
+        values = [batch.instance_values(i) for i in range(batch.rows)]
+        return answers, values, Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+
+    @staticmethod
+    def _answer(
+        model: ServingModel,
+        output: npt.NDArray[np.float32] | np.float32,
+        pattern: str,
+        level: float,
+        warnings: list[InputWarning],
+        ood: bool,
+    ) -> dict[str, Any]:
+        confidence = model.confidence
+        if confidence.task == "regression":
+            prediction = round(float(output), 3)
+            return {
+                "prediction": prediction,
+                "unit": confidence.unit,
+                "interval": confidence.regression(prediction, pattern, level),
+                "warnings": _warning_dicts(warnings) if warnings else [],
+                "out_of_distribution": ood,
+            }
+        answer = confidence.classification(np.asarray(output), pattern, level)
+        answer["warnings"] = _warning_dicts(warnings) if warnings else []
+        answer["out_of_distribution"] = ood
+        return answer
