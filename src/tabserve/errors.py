@@ -103,8 +103,11 @@ class RequestValidationError(TabserveError):
         if not errors:
             raise ValueError("RequestValidationError needs at least one FieldError")
         first = errors[0]
+        fields = ", ".join(e.field for e in errors[:10]) + (", ..." if len(errors) > 10 else "")
         summary = detail or (
-            f"{first.field}: {first.message}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+            f"{first.field}: {first.message}"
+            if len(errors) == 1
+            else f"{len(errors)} invalid fields ({fields}); first: {first.field}: {first.message}"
         )
         super().__init__(summary)
         self.errors = errors
