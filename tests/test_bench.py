@@ -1,0 +1,253 @@
+"""Fast tests of the benchmark harness's logic (bench/): wrk result parsing, checks, report, SIGTERM split.
+
+Nothing here starts a server or measures time; the harness itself is exercised by ``bash bench/run.sh``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench import report  # noqa: E402
+from bench.bodies import EXAMPLE_VEHICLE, FIELDS, v2_pandas_request  # noqa: E402
+from bench.main import selected_sections  # noqa: E402
+from bench.procs import parse_status_kb, process_tree, rss_mb  # noqa: E402
+from bench.sigterm import Outcome, classify  # noqa: E402
+from bench.wrkresult import WrkOutputError, parse_wrk_output  # noqa: E402
+
+
+def wrk_line(statuses: dict[str, int], *, p99: int = 2000, timeouts: int = 0, bounds: tuple[int, int] = (0, 0)) -> str:
+    requests = sum(statuses.values())
+    data = {
+        "duration_us": 10_000_000,
+        "requests": requests,
+        "bytes": requests * 100,
+        "errors": {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": timeouts},
+        "statuses": statuses,
+        "latency_us": {
+            "min": 50,
+            "mean": 700.0,
+            "max": 9000,
+            "stdev": 100.0,
+            "percentiles": {"50": 600, "75": 800, "90": 1000, "99": p99, "99.9": 5000, "99.99": 8000},
+        },
+        "bounds_us": {"p99_2xx_upper": bounds[0], "p99_non2xx_upper": bounds[1]},
+    }
+    return "Running 10s test @ http://127.0.0.1:1/\n  noise\nBENCH_JSON " + json.dumps(data) + "\n"
+
+
+def summary(statuses: dict[str, int], **kwargs: Any) -> dict[str, Any]:
+    out = parse_wrk_output(wrk_line(statuses, **kwargs)).summary()
+    out["connections"] = 16
+    return out
+
+
+def test_parse_wrk_output_computes_rates_and_latencies() -> None:
+    result = parse_wrk_output(wrk_line({"200": 90_000, "503": 10_000}, bounds=(3000, 400)))
+    assert result.requests == 100_000
+    assert result.rps == pytest.approx(10_000.0)
+    assert result.ok_rps == pytest.approx(9_000.0)
+    assert result.non_2xx == 10_000
+    assert result.p50_ms == pytest.approx(0.6)
+    assert result.p99_ms == pytest.approx(2.0)
+    assert result.p99_2xx_upper_ms == pytest.approx(3.0)
+    assert result.p99_non2xx_upper_ms == pytest.approx(0.4)
+    assert result.counts_agree
+
+
+def test_parse_wrk_output_drops_bounds_when_no_response_of_that_kind() -> None:
+    result = parse_wrk_output(wrk_line({"200": 5}, bounds=(2000, 9000)))
+    assert result.p99_2xx_upper_ms == pytest.approx(2.0)
+    assert result.p99_non2xx_upper_ms is None
+
+
+@pytest.mark.parametrize("text", ["no result line", "BENCH_JSON {not json", "BENCH_JSON {}\nBENCH_JSON {}"])
+def test_parse_wrk_output_rejects_missing_or_malformed_line(text: str) -> None:
+    with pytest.raises(WrkOutputError):
+        parse_wrk_output(text)
+
+
+def test_counts_agree_false_when_hook_missed_responses() -> None:
+    text = wrk_line({"200": 10}).replace('"requests": 10', '"requests": 12')
+    assert not parse_wrk_output(text).counts_agree
+
+
+def results_fixture(ts_rps: int = 12_000, log_rps: int = 11_500) -> dict[str, Any]:
+    def pt(n: int, p99: int = 2000) -> dict[str, Any]:
+        return summary({"200": n * 10}, p99=p99)
+
+    c1 = summary({"200": 30_000})
+    c1["latency_ms"]["50"] = 0.3
+    return {
+        "meta": {"batch_rows": 1000},
+        "servers": {
+            "tabserve": {"title": "tabserve", "cold_start_median_s": 0.8, "rss_mb": {"tree": 90.0}},
+            "tabserve-log": {"title": "tabserve log", "cold_start_median_s": 0.9, "rss_mb": {"tree": 95.0}},
+            "floor": {"title": "floor", "cold_start_median_s": 0.3, "rss_mb": {"tree": 25.0}},
+            "typical": {"title": "typical", "cold_start_median_s": 2.0, "rss_mb": {"tree": 200.0}},
+            "mlserver": {"title": "mlserver", "cold_start_median_s": 4.0, "rss_mb": {"tree": 400.0}},
+        },
+        "points": {
+            "tabserve": {"c16": pt(ts_rps), "c1": c1, "batch": pt(600)},
+            "tabserve-log": {"c16": pt(log_rps)},
+            "floor": {"c16": pt(30_000)},
+            "typical": {"c16": pt(200, p99=200_000)},
+            "mlserver": {"c16": pt(300, p99=150_000), "batch": pt(50)},
+        },
+    }
+
+
+def by_name(checks: list[report.Check]) -> dict[str, report.Check]:
+    return {c.name: c for c in checks}
+
+
+def test_compute_checks_pass_when_every_target_met() -> None:
+    checks = by_name(report.compute_checks(results_fixture()))
+    for name in [
+        "req/s vs best peer",
+        "req/s vs no-op floor",
+        "p99 at 16 conns (tabserve)",
+        "p50 at 1 conn",
+        "log on vs off (req/s)",
+        "batch of 1,000 rows",
+        "cold start (exec → /ready 200)",
+        "RSS after load",
+        "non-2xx / timeouts / socket errors",
+    ]:
+        assert checks[name].status == "pass", checks[name]
+    assert checks["req/s vs best peer"].measured == "40.0× (mlserver)"
+    assert checks["overload"].status == "n/a"
+
+
+def test_compute_checks_fail_when_log_on_too_slow_and_ratio_short() -> None:
+    checks = by_name(report.compute_checks(results_fixture(ts_rps=5_000, log_rps=4_000)))
+    assert checks["log on vs off (req/s)"].status == "fail"
+    assert checks["req/s vs best peer"].status == "fail"  # 16.7x < 20x
+    assert checks["req/s vs no-op floor"].status == "fail"  # 16.7 % < 25 %
+
+
+def test_compute_checks_na_when_tabserve_missing() -> None:
+    results = results_fixture()
+    del results["points"]["tabserve"]
+    checks = by_name(report.compute_checks(results))
+    assert checks["req/s vs best peer"].status == "n/a"
+    assert checks["batch of 1,000 rows"].status == "n/a"
+
+
+def test_statuses_check_fails_on_any_non_2xx_in_a_normal_point() -> None:
+    results = results_fixture()
+    results["points"]["floor"]["c16"] = summary({"200": 100, "500": 1})
+    check = by_name(report.compute_checks(results))["non-2xx / timeouts / socket errors"]
+    assert check.status == "fail"
+    assert "floor/c16" in check.measured
+
+
+def overload_fixture(admitted_upper_us: int, statuses: dict[str, int], rss_after: float) -> dict[str, Any]:
+    over = summary(statuses, bounds=(admitted_upper_us, 500))
+    over["connections"] = 160
+    over["rss_samples_mb"] = [80.0, 81.0]
+    return {
+        "max_in_flight": 16,
+        "reference": summary({"200": 100_000}, p99=2000),
+        "overload": over,
+        "rss_before_mb": 80.0,
+        "rss_after_mb": rss_after,
+    }
+
+
+def test_overload_checks_pass_with_fast_503s_and_bounded_admitted_p99() -> None:
+    checks = by_name(report.overload_checks(overload_fixture(8000, {"200": 90_000, "503": 60_000}, 81.0)))
+    assert all(c.status == "pass" for c in checks.values()), checks
+
+
+def test_overload_checks_fail_on_slow_admitted_other_status_and_growth() -> None:
+    checks = report.overload_checks(overload_fixture(12_000, {"200": 90_000, "500": 5}, 100.0))
+    assert [c.status for c in checks] == ["fail", "fail", "pass", "fail"]
+
+
+def test_sigterm_checks_require_zero_failures_and_clean_exit() -> None:
+    good = {"failed_before_signal": 0, "sent_before_signal": 500, "exit_code": 0, "exit_after_signal_s": 0.4}
+    good["grace_s"] = 10.0
+    assert [c.status for c in report.sigterm_checks(good)] == ["pass", "pass"]
+    bad = {**good, "failed_before_signal": 2, "exit_code": -15}
+    assert [c.status for c in report.sigterm_checks(bad)] == ["fail", "fail"]
+
+
+def test_classify_splits_outcomes_at_the_signal() -> None:
+    outcomes = [
+        Outcome(1.0, 1.1, 200, None),
+        Outcome(1.9, 2.3, 200, None),  # in flight at the signal, completed
+        Outcome(1.95, 2.1, None, "RemoteDisconnected"),  # sent before, dropped: a failure
+        Outcome(2.2, 2.2, None, "ConnectionRefusedError"),
+        Outcome(2.1, 2.15, 503, None),
+    ]
+    split = classify(outcomes, signal_at=2.0)
+    assert split["sent_before_signal"] == 3
+    assert split["failed_before_signal"] == 1
+    assert split["failed_before_signal_kinds"] == {"RemoteDisconnected": 1}
+    assert split["in_flight_at_signal"] == 2
+    assert split["in_flight_completed_2xx"] == 1
+    assert split["after_signal_kinds"] == {"503": 1, "ConnectionRefusedError": 1}
+
+
+def test_markdown_report_lists_every_point_and_check(tmp_path: Path) -> None:
+    json_path, md_path = report.write_report(results_fixture(), tmp_path)
+    text = md_path.read_text(encoding="utf-8")
+    assert text.count("| tabserve | ") == 3
+    assert "| req/s vs best peer | ≥ 20× | 40.0× (mlserver) | pass |" in text
+    assert "Batch rows/s: tabserve 600,000" in text
+    data = json.loads(json_path.read_text(encoding="utf-8"))
+    assert {c["name"] for c in data["checks"]} >= {"p50 at 1 conn", "RSS after load"}
+
+
+def test_markdown_table_ratio_columns() -> None:
+    rows = report.main_table(results_fixture())
+    typical = next(r for r in rows if r[0] == "typical")
+    assert typical[-2] == "0.7%"  # 200 / 30,000 of the floor
+    assert typical[-1] == "60.0×"  # tabserve 12,000 / 200
+
+
+def test_selected_sections_keeps_canonical_order_and_rejects_unknown() -> None:
+    assert selected_sections("floor,tabserve", "") == ["tabserve", "floor"]
+    assert "mlserver" not in selected_sections("", "mlserver,sigterm")
+    with pytest.raises(SystemExit):
+        selected_sections("tabserv", "")
+
+
+def test_v2_pandas_request_encodes_columns_with_types() -> None:
+    body = v2_pandas_request([EXAMPLE_VEHICLE, EXAMPLE_VEHICLE])
+    assert body["parameters"] == {"content_type": "pd"}
+    inputs = {i["name"]: i for i in body["inputs"]}
+    assert list(inputs) == list(FIELDS)
+    assert inputs["make"]["datatype"] == "BYTES"
+    assert inputs["make"]["parameters"] == {"content_type": "str"}
+    assert inputs["cylinders"]["datatype"] == "INT64"
+    assert inputs["engine_size_l"] == {"name": "engine_size_l", "shape": [2], "data": [2.5, 2.5], "datatype": "FP64"}
+
+
+def fake_proc(root: Path, pid: int, rss_kb: int, children: list[int]) -> None:
+    task = root / str(pid) / "task" / str(pid)
+    task.mkdir(parents=True)
+    (task / "children").write_text(" ".join(str(c) for c in children))
+    (root / str(pid) / "status").write_text(f"Name:\tpython\nVmPeak:\t 999 kB\nVmRSS:\t {rss_kb} kB\n")
+
+
+def test_rss_mb_sums_the_process_tree(tmp_path: Path) -> None:
+    fake_proc(tmp_path, 10, 51_200, [11, 12])
+    fake_proc(tmp_path, 11, 10_240, [])
+    fake_proc(tmp_path, 12, 20_480, [13])
+    fake_proc(tmp_path, 13, 1_024, [])
+    assert sorted(process_tree(10, tmp_path)) == [10, 11, 12, 13]
+    assert rss_mb(10, tmp_path) == {"tree": 81.0, "max_process": 50.0, "processes": 4.0}
+
+
+def test_parse_status_kb_missing_key_is_none() -> None:
+    assert parse_status_kb("Name:\tx\n", "VmRSS") is None
