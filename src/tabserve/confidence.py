@@ -86,3 +86,40 @@ class Confidence:
             "prediction_set": chosen,
             "level": level,
         }
+
+    def regression_batch(
+        self, predictions: npt.NDArray[np.float32], patterns: list[str], level: float
+    ) -> tuple[list[float], list[float], list[float]]:
+        """Vectorised ``regression`` for a batch: rounded predictions, lower and upper bounds."""
+        preds = np.round(predictions.astype(np.float64), 3)
+        by_pattern = {p: table[level] for p, table in self.quantiles.items()}
+        q = np.array([by_pattern[p] for p in patterns], dtype=np.float64)
+        half = q if self.score == "absolute" else np.abs(preds) * q
+        lower = np.round(preds - half, 3)
+        upper = np.round(preds + half, 3)
+        return preds.tolist(), lower.tolist(), upper.tolist()
+
+    def classification_batch(
+        self, probabilities: npt.NDArray[np.float32], patterns: list[str], level: float
+    ) -> list[dict[str, Any]]:
+        """Vectorised ``classification`` for a batch (same answers, row for row)."""
+        probs = probabilities.astype(np.float64)
+        by_pattern = {p: 1.0 - table[level] for p, table in self.quantiles.items()}
+        threshold = np.array([by_pattern[p] for p in patterns], dtype=np.float64)
+        order = np.argsort(-probs, axis=1, kind="stable")
+        sorted_probs = np.take_along_axis(probs, order, axis=1)
+        keep = sorted_probs >= threshold[:, None]
+        keep[:, 0] = True  # never an empty set: the most probable class is always in it
+        rounded = np.round(probs, 6).tolist()
+        classes = self.classes
+        out: list[dict[str, Any]] = []
+        for row_order, row_keep, row_probs in zip(order.tolist(), keep.tolist(), rounded, strict=True):
+            out.append(
+                {
+                    "prediction": classes[row_order[0]],
+                    "probabilities": dict(zip(classes, row_probs, strict=True)),
+                    "prediction_set": [classes[j] for j, k in zip(row_order, row_keep, strict=True) if k],
+                    "level": level,
+                }
+            )
+        return out

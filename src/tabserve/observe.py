@@ -52,9 +52,10 @@ class PredictionObserver:
                 if warning["code"] == "out_of_distribution":
                     metrics.out_of_distribution(name, warning["field"])
         if self.drift is not None:
-            add = self.drift.add
-            for values in outcome.values:
-                add(name, values)
+            if outcome.batch is not None:
+                self.drift.add_columns(name, outcome.batch.columns, outcome.batch.rows)
+            elif outcome.instance is not None:
+                self.drift.add(name, outcome.instance.values)
         if self.log is not None:
             self.log.submit(self._records(outcome))
 
@@ -64,7 +65,7 @@ class PredictionObserver:
         latency_ms = (time.perf_counter() - outcome.started) * 1000.0
         model = outcome.model
         records = []
-        for index, (raw, values, answer) in enumerate(zip(outcome.raw, outcome.values, outcome.answers, strict=True)):
+        for index, (raw, values, answer) in enumerate(zip(outcome.raw, outcome.values(), outcome.answers, strict=True)):
             output: dict[str, Any]
             if "interval" in answer:
                 output = {"interval": answer["interval"]}

@@ -33,15 +33,29 @@ class Timings:
 
 @dataclass(slots=True)
 class Outcome:
-    """What one predict call produced, for the hooks (log, metrics, drift)."""
+    """What one predict call produced, for the hooks (log, metrics, drift).
+
+    Normalised inputs are kept as the validator produced them (one dict, or a batch's columns); per-row
+    dicts are built only by a hook that needs them (the prediction log), never for the response.
+    """
 
     model: ServingModel
     request_id: str
     raw: Sequence[Any]
-    values: Sequence[dict[str, Any]]
     answers: list[dict[str, Any]]
     timings: Timings
     started: float
+    instance: Instance | None = None
+    batch: Batch | None = None
+
+    def values(self) -> list[dict[str, Any]]:
+        if self.instance is not None:
+            return [self.instance.values]
+        if self.batch is None:
+            return []
+        columns = self.batch.columns
+        names = list(columns)
+        return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 
 class ServiceHooks(Protocol):
@@ -84,15 +98,15 @@ class PredictionService:
         model_ref = {"name": model.name, "version": model.version}
         if type(body) is dict and "instances" in body:
             objs = self._batch_items(body)
-            answers, values, timings = self._run_many(model, objs, chosen)
-            self.hooks.predicted(Outcome(model, request_id, objs, values, answers, timings, started))
+            answers, batch, timings = self._run_many(model, objs, chosen)
+            self.hooks.predicted(Outcome(model, request_id, objs, answers, timings, started, batch=batch))
             if info is not None:
                 info.update(model=model.name, rows=len(answers), timings=timings)
             return {"predictions": answers, "model": model_ref, "request_id": request_id}
         answer, instance, timings = self._run_one(model, body, chosen)
         if info is not None:
             info.update(model=model.name, rows=1, timings=timings)
-        self.hooks.predicted(Outcome(model, request_id, (body,), (instance.values,), [answer], timings, started))
+        self.hooks.predicted(Outcome(model, request_id, (body,), [answer], timings, started, instance=instance))
         answer["model"] = model_ref
         answer["request_id"] = request_id
         return answer
@@ -111,8 +125,8 @@ class PredictionService:
         model = self.registry.get(name, version)
         chosen = model.confidence.resolve_level(level)
         self._check_size(objs)
-        answers, values, timings = self._run_many(model, objs, chosen)
-        self.hooks.predicted(Outcome(model, request_id, objs, values, answers, timings, started))
+        answers, batch, timings = self._run_many(model, objs, chosen)
+        self.hooks.predicted(Outcome(model, request_id, objs, answers, timings, started, batch=batch))
         return model, answers
 
     def _batch_items(self, body: dict[str, Any]) -> list[Any]:
@@ -151,7 +165,7 @@ class PredictionService:
 
     def _run_many(
         self, model: ServingModel, objs: Sequence[Any], level: float
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Timings]:
+    ) -> tuple[list[dict[str, Any]], Batch, Timings]:
         t0 = time.perf_counter()
         batch: Batch = model.validator.many(objs)
         t1 = time.perf_counter()
@@ -159,13 +173,28 @@ class PredictionService:
         t2 = time.perf_counter()
         raw = model.runtime.run(matrix)
         t3 = time.perf_counter()
-        answers = [
-            self._answer(model, raw[i], batch.patterns[i], level, batch.warnings[i], batch.out_of_distribution[i])
-            for i in range(batch.rows)
-        ]
+        confidence = model.confidence
+        warnings = [_warning_dicts(w) if w else [] for w in batch.warnings]
+        if confidence.task == "regression":
+            preds, lower, upper = confidence.regression_batch(raw, batch.patterns, level)
+            unit = confidence.unit
+            answers = [
+                {
+                    "prediction": p,
+                    "unit": unit,
+                    "interval": {"level": level, "lower": lo, "upper": up},
+                    "warnings": w,
+                    "out_of_distribution": o,
+                }
+                for p, lo, up, w, o in zip(preds, lower, upper, warnings, batch.out_of_distribution, strict=True)
+            ]
+        else:
+            answers = confidence.classification_batch(raw, batch.patterns, level)
+            for answer, w, o in zip(answers, warnings, batch.out_of_distribution, strict=True):
+                answer["warnings"] = w
+                answer["out_of_distribution"] = o
         t4 = time.perf_counter()
-        values = [batch.instance_values(i) for i in range(batch.rows)]
-        return answers, values, Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+        return answers, batch, Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
 
     @staticmethod
     def _answer(

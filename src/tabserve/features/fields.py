@@ -157,6 +157,17 @@ class CategoryField:
         self._cache[raw] = result
         return result
 
+    def fast_column(self, raw: list[Any]) -> list[str] | None:
+        """The column in canonical spelling when every value is a known category, else None (slow path)."""
+        cache = self._cache
+        hits = list(map(cache.get, raw))
+        if None in hits:
+            if not all(type(v) is str for v in raw):
+                return None
+            hits = [hit if hit is not None else self.lookup(v) for hit, v in zip(hits, raw, strict=True)]
+        values = [h[0] for h in hits if h[1]]  # type: ignore[index]
+        return values if len(values) == len(raw) else None
+
     def check(self, raw: Any, loc: Loc) -> tuple[str | None, FieldError | None, InputWarning | None]:
         if type(raw) is str:
             value, known = self.lookup(raw)
@@ -191,6 +202,12 @@ class TextField:
         self.name = spec.name
         self.required = spec.required
         self.max_length = spec.max_length
+
+    def fast_column(self, raw: list[Any]) -> list[str] | None:
+        """The column unchanged when every value is a non-blank string within the length limit, else None."""
+        if set(map(type, raw)) != {str} or max(map(len, raw)) > self.max_length or not all(map(str.strip, raw)):
+            return None
+        return raw
 
     def check(self, raw: Any, loc: Loc) -> tuple[str | None, FieldError | None, InputWarning | None]:
         if type(raw) is str:

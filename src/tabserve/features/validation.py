@@ -122,7 +122,7 @@ class InstanceValidator:
         columns: dict[str, list[Any]] = {}
         for checker in self.fields:
             raw = [obj.get(checker.name, MISSING) for obj in safe]
-            column = _fast_numbers(checker, raw) if isinstance(checker, NumberField) else None
+            column = _fast_numbers(checker, raw) if isinstance(checker, NumberField) else checker.fast_column(raw)
             columns[checker.name] = column if column is not None else acc.check_column(checker, raw, loc)
         if acc.errors:
             acc.errors.sort(key=_row_of)
@@ -186,8 +186,10 @@ def _patterns(
 ) -> list[str]:
     """Conformal pattern per row: an input counts as given when present and not an unknown category (the
     model encodes an unknown category like an absent one, so it must get the same conformal table)."""
-    cols = [columns[name] for name in names]
-    patterns = ["".join("0" if col[i] is None else "1" for col in cols) for i in range(rows)]
+    if not names:
+        return [""] * rows
+    flags = [["0" if v is None else "1" for v in columns[name]] for name in names]
+    patterns = ["".join(chars) for chars in zip(*flags, strict=True)]
     for i, row_warnings in enumerate(warnings):
         unknown = {w.field for w in row_warnings if w.code == "unknown_category"}
         if unknown & set(names):
