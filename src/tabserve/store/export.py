@@ -149,7 +149,9 @@ def _csv_text(value: Any, missing: str) -> str:
         return missing
     if isinstance(value, str):
         return value
-    return _format_number(value)
+    if isinstance(value, float):
+        return repr(value)  # shortest round-trip form: 2.5, 7.0
+    return str(value)
 
 
 def export_log(
