@@ -28,7 +28,9 @@ def parse_model_map(text: str) -> dict[str, str | None]:
 class Settings(BaseSettings):
     """tabserve's configuration. Environment variables are ``TABSERVE_<FIELD>`` (case-insensitive)."""
 
-    model_config = SettingsConfigDict(env_prefix="TABSERVE_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="TABSERVE_", extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
 
     models_dir: Path = Path("models")
     """Folder holding ``<name>/<version>/`` model artifacts."""
@@ -101,3 +103,16 @@ class Settings(BaseSettings):
 
     def fallback_versions(self) -> dict[str, str]:
         return {k: v for k, v in parse_model_map(self.fallbacks).items() if v}
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting (README and docs/configuration.md embed it; a test compares)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        default = info.default
+        if isinstance(default, SecretStr):
+            default = default.get_secret_value()
+        shown = "(empty)" if default in ("", None) else f"`{default}`"
+        text = (info.description or "").replace("``", "`").replace("|", "\\|")
+        rows.append(f"| `TABSERVE_{name.upper()}` | {shown} | {text} |")
+    return "\n".join(rows)
