@@ -17,7 +17,7 @@ import psycopg
 from psycopg import conninfo, sql
 
 from tabserve.errors import StoreError
-from tabserve.store.sql import Migration, SqlStore
+from tabserve.store.sql import PREDICTION_COLUMNS, Migration, SqlStore
 
 MIGRATIONS: tuple[Migration, ...] = (
     (
@@ -110,6 +110,21 @@ class PostgresStore(SqlStore):
     def _transaction(self, conn: Any, *, write: bool) -> Iterator[Any]:  # noqa: ARG002 (same locks either way)
         with conn.transaction(), conn.cursor() as cur:
             yield cur
+
+    def _insert_rows(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
+        """COPY into a per-connection temporary table, then one insert-or-ignore: several times faster
+        than row-by-row inserts, same semantics (an existing ``(request_id, idx)`` is skipped)."""
+        cur.execute(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS tabserve_incoming "
+            "(LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        with cur.copy(f"COPY tabserve_incoming ({PREDICTION_COLUMNS}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cur.execute(
+            f"INSERT INTO predictions ({PREDICTION_COLUMNS}) SELECT {PREDICTION_COLUMNS} FROM tabserve_incoming "  # noqa: S608
+            "ON CONFLICT (request_id, idx) DO NOTHING"
+        )
 
     def _lock_migrations(self, cur: Any) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))

@@ -26,7 +26,7 @@ log = logging.getLogger("tabserve.store")
 
 Migration = tuple[int, tuple[str, ...]]
 
-_COLUMNS = (
+PREDICTION_COLUMNS = _COLUMNS = (
     "request_id, idx, time, model, model_version, inputs_raw, inputs, prediction_value, prediction_label, "
     "output, warnings, out_of_distribution, latency_ms"
 )
@@ -181,11 +181,15 @@ class SqlStore(ABC):
                 dumps_json(r.inputs), value, label, dumps_json(r.output), dumps_json(r.warnings),
                 bool(r.out_of_distribution), float(r.latency_ms),
             ))  # fmt: skip
+        self._run("write", lambda cur: self._insert_rows(cur, rows), write=True)
+
+    def _insert_rows(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
+        """Insert-or-ignore ``rows`` (in ``PREDICTION_COLUMNS`` order) inside the current transaction."""
         marks = "?, ?, ?, ?, ?, ?J, ?J, ?, ?, ?J, ?J, ?, ?"
         sql = self._sql(
             f"INSERT INTO predictions ({_COLUMNS}) VALUES ({marks}) ON CONFLICT (request_id, idx) DO NOTHING"  # noqa: S608
         )
-        self._run("write", lambda cur: cur.executemany(sql, rows), write=True)
+        cur.executemany(sql, rows)
 
     def attach_feedback(self, request_id: str, index: int | None, actual: float | str) -> FeedbackResult:
         value, label = split_value(actual)
