@@ -13,9 +13,13 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tabserve.config import Settings
 from tabserve.errors import TabserveError
+
+if TYPE_CHECKING:
+    from tabserve.store.base import PredictionStore
 
 TRAINERS = {"co2": "tabserve.training.co2", "penguins": "tabserve.training.penguins"}
 DEFAULT_MODELS = Path("models")
@@ -140,6 +144,75 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_since(text: str | None) -> float | None:
+    """``--since``: ISO 8601 (``2026-11-01``, ``2026-11-01T12:00:00+00:00``), unix seconds, or an age
+    (``30m``, ``12h``, ``7d``). Naive times are UTC."""
+    import datetime as dt
+    import re
+    import time
+
+    if not text:
+        return None
+    age = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if age:
+        seconds = float(age.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[age.group(2)]
+        return time.time() - seconds
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        stamp = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--since {text!r}: use ISO 8601, unix seconds or an age like 7d") from exc
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    return stamp.timestamp()
+
+
+def _open_store(args: argparse.Namespace) -> PredictionStore:
+    from tabserve.store.base import open_store
+
+    settings = Settings()
+    url = args.store if args.store is not None else settings.store_url.get_secret_value()
+    return open_store(url, settings.data_dir)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from tabserve.store.export import export_log
+
+    store = _open_store(args)
+    out = Path(args.out or f"{args.model}-export.{args.format}")
+    count = export_log(store, args.model, parse_since(args.since), args.labelled_only, args.format, out)
+    print(f"wrote {count} rows to {out}")
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from tabserve.store.retention import prune
+
+    days = args.days if args.days is not None else Settings().retention_days
+    removed = prune(_open_store(args), days)
+    print(f"pruned {removed} rows older than {days:g} days")
+    return 0
+
+
+def _cmd_drift(args: argparse.Namespace) -> int:
+    import json
+
+    from tabserve.artifacts import model_dir, verify_model_dir
+    from tabserve.observability.drift import drift_from_inputs, write_drift_report
+
+    store = _open_store(args)
+    manifest = verify_model_dir(model_dir(Path(args.models), args.model, args.version)).manifest
+    inputs = store.recent_inputs(args.model, parse_since(args.since), args.limit)
+    report = drift_from_inputs(manifest, inputs, model=args.model, min_rows=args.min_rows)
+    json_path, html_path = write_drift_report(report, Path(args.out))
+    flagged = [name for name, f in report["features"].items() if f["status"] == "drift"]
+    print(json.dumps({"rows": len(inputs), "drift": flagged, "json": str(json_path), "html": str(html_path)}))
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
@@ -204,6 +277,31 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--models", default=str(DEFAULT_MODELS), help="models root (default: models)")
     evaluate.add_argument("--version", help="default: newest")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    export = sub.add_parser("export", help="the prediction log joined with feedback, in the training layout")
+    export.add_argument("--model", default="co2")
+    export.add_argument("--store", help="store URL (default: TABSERVE_STORE_URL, else SQLite under the data dir)")
+    export.add_argument("--since", help="ISO 8601 time, unix seconds, or an age such as 7d")
+    export.add_argument("--labelled-only", action="store_true", help="only rows with feedback")
+    export.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    export.add_argument("--out", help="output file (default: <model>-export.<format>)")
+    export.set_defaults(func=_cmd_export)
+
+    prune = sub.add_parser("prune", help="delete prediction log rows older than the retention period")
+    prune.add_argument("--store", help="store URL (default: TABSERVE_STORE_URL, else SQLite under the data dir)")
+    prune.add_argument("--days", type=float, help="default: TABSERVE_RETENTION_DAYS")
+    prune.set_defaults(func=_cmd_prune)
+
+    drift = sub.add_parser("drift", help="drift report (JSON + HTML) of logged inputs vs the training reference")
+    drift.add_argument("--model", default="co2")
+    drift.add_argument("--store", help="store URL (default: TABSERVE_STORE_URL, else SQLite under the data dir)")
+    drift.add_argument("--since", help="ISO 8601 time, unix seconds, or an age such as 7d")
+    drift.add_argument("--limit", type=int, default=100_000, help="most recent rows to compare")
+    drift.add_argument("--min-rows", type=int, default=500, help="below this the status is insufficient_data")
+    drift.add_argument("--models", default=str(DEFAULT_MODELS))
+    drift.add_argument("--version", help="reference model version (default: newest)")
+    drift.add_argument("--out", default="drift-report", help="output folder")
+    drift.set_defaults(func=_cmd_drift)
 
     verify = sub.add_parser("verify", help="check every file's sha256 and the manifest schema")
     verify.add_argument("path", nargs="?", default=str(DEFAULT_MODELS), help="a model version folder or a root")
