@@ -52,6 +52,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--overload-in-flight", type=int, default=16, help="TABSERVE_MAX_IN_FLIGHT when overloaded")
     parser.add_argument("--overload-target", default="tabserve", choices=("tabserve", "floor"))
     parser.add_argument("--sigterm-target", default="tabserve-log", choices=("tabserve", "tabserve-log", "floor"))
+    parser.add_argument(
+        "--tabserve-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for every tabserve server (repeatable), e.g. TABSERVE_ACCESS_LOG=false",
+    )
     parser.add_argument("--list-sections", action="store_true", help="print the selected sections and exit")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="report folder")
     return parser.parse_args(argv)
@@ -99,6 +106,31 @@ def loadavg() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "?"
+
+
+def with_tabserve_env(targets: dict[str, Target], pairs: list[str]) -> dict[str, Target]:
+    """Apply ``--tabserve-env KEY=VALUE`` to every tabserve target."""
+    extra: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--tabserve-env wants KEY=VALUE, got {pair!r}")
+        extra[key] = value
+    if not extra:
+        return targets
+    return {
+        name: replace(t, env={**t.env, **extra}, notes=f"{t.notes}; {' '.join(pairs)}") if t.kind == "tabserve" else t
+        for name, t in targets.items()
+    }
+
+
+def trim_log(path: Path, keep: int = 200_000) -> None:
+    """Keep the head and tail of a big server log (an access log at 10k req/s grows by MBs per second)."""
+    with contextlib.suppress(OSError):
+        if path.stat().st_size > 4 * keep:
+            data = path.read_bytes()
+            marker = f"\n... {len(data) - 2 * keep:,} bytes trimmed by bench ...\n".encode()
+            path.write_bytes(data[:keep] + marker + data[-keep:])
 
 
 def tabserve_available() -> str | None:
@@ -173,6 +205,7 @@ def run_target(
             print(f"  {target.name}.{p.key}: {_line(points[p.key])}", flush=True)
         info["rss_mb"] = rss_mb(server.pid)
         info["exit_code"] = stop(server.proc)
+        trim_log(server.log_path)
     except (ServerStartError, OSError) as exc:
         info["error"] = str(exc)
         if cold:
@@ -232,6 +265,7 @@ def run_overload(
         )
     finally:
         out["exit_code"] = stop(server.proc)
+        trim_log(server.log_path)
     return out
 
 
@@ -285,7 +319,8 @@ def main(argv: list[str]) -> int:
         "servers": {},
         "points": {},
     }
-    targets = all_targets()
+    targets = with_tabserve_env(all_targets(), args.tabserve_env)
+    results["meta"]["tabserve_env"] = args.tabserve_env
     missing = (
         tabserve_available()
         if any(s.startswith("tabserve") or s in ("overload", "sigterm") for s in sections)

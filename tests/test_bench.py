@@ -18,9 +18,10 @@ if str(REPO) not in sys.path:
 
 from bench import report  # noqa: E402
 from bench.bodies import EXAMPLE_VEHICLE, FIELDS, v2_pandas_request  # noqa: E402
-from bench.main import selected_sections  # noqa: E402
+from bench.main import selected_sections, trim_log, with_tabserve_env  # noqa: E402
 from bench.procs import parse_status_kb, process_tree, rss_mb  # noqa: E402
 from bench.sigterm import Outcome, classify  # noqa: E402
+from bench.targets import all_targets  # noqa: E402
 from bench.wrkresult import WrkOutputError, parse_wrk_output  # noqa: E402
 
 
@@ -251,3 +252,26 @@ def test_rss_mb_sums_the_process_tree(tmp_path: Path) -> None:
 
 def test_parse_status_kb_missing_key_is_none() -> None:
     assert parse_status_kb("Name:\tx\n", "VmRSS") is None
+
+
+def test_with_tabserve_env_applies_only_to_tabserve_servers() -> None:
+    targets = with_tabserve_env(all_targets(), ["TABSERVE_ACCESS_LOG=false"])
+    assert targets["tabserve"].env["TABSERVE_ACCESS_LOG"] == "false"
+    assert targets["tabserve-log"].env["TABSERVE_PREDICTION_LOG"] == "true"
+    assert targets["tabserve-log"].env["TABSERVE_ACCESS_LOG"] == "false"
+    assert "TABSERVE_ACCESS_LOG" not in targets["floor"].env
+    with pytest.raises(SystemExit):
+        with_tabserve_env(all_targets(), ["NOEQUALS"])
+
+
+def test_trim_log_keeps_head_and_tail_of_big_logs(tmp_path: Path) -> None:
+    big, small = tmp_path / "big.log", tmp_path / "small.log"
+    big.write_bytes(b"H" * 1000 + b"x" * 10_000 + b"T" * 1000)
+    small.write_bytes(b"short")
+    trim_log(big, keep=1000)
+    trim_log(small, keep=1000)
+    data = big.read_bytes()
+    assert data.startswith(b"H" * 1000)
+    assert data.endswith(b"T" * 1000)
+    assert b"10,000 bytes trimmed" in data
+    assert small.read_bytes() == b"short"
