@@ -7,6 +7,8 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 
 import orjson
@@ -236,3 +238,31 @@ def test_submit_is_thread_safe_when_many_producers(store: SqliteStore, tmp_path:
     assert store.count() == 1200
     assert observer.total_written == 1200
     assert log.close(5)
+
+
+def test_bad_record_goes_to_rejects_when_database_refuses_it(
+    store: SqliteStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log, observer = make_log(store, tmp_path)
+    log.start()
+    good = [record(i) for i in range(10)]
+    poison = replace(record(99), index=2**70)  # no SQLite integer can hold it
+    with caplog.at_level(logging.ERROR, logger="tabserve.store"):
+        log.submit([*good[:5], poison, *good[5:]])
+        assert log.flush(5)
+    assert db_keys(store) == keys(good)
+    rejected = [orjson.loads(x) for x in log.rejects.path.read_bytes().splitlines()]
+    assert [(r["request_id"], r["index"]) for r in rejected] == [("r33", str(2**70))]  # kept, as text
+    assert observer.total_spilled == 0
+    assert any("rejects" in r.getMessage() for r in caplog.records)
+    log.submit([record(100)])
+    assert log.flush(5)
+    assert store.count() == 11  # the log keeps going after a bad record
+    assert log.close(5)
+
+
+def test_odd_json_values_are_kept_when_not_serialisable(store: SqliteStore) -> None:
+    odd = replace(record(0), inputs_raw={"when": Decimal("1.5"), 3: b"x", "big": 2**80})
+    store.write([odd])
+    (row,) = store.export(None, None, False)
+    assert row["inputs_raw"] == {"when": "1.5", "3": "b'x'", "big": str(2**80)}

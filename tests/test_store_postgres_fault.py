@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,24 @@ def test_log_loses_and_doubles_nothing_when_database_cut_mid_stream(schema: str,
     assert observer.total_spill_failed == 0
     assert not (tmp_path / "spill.jsonl").exists() or (tmp_path / "spill.jsonl").stat().st_size == 0
     assert max(submit_s) < 0.05  # the request path never waited for the dead database
+
+
+def test_postgres_keeps_nul_and_rejects_out_of_range_when_bad_values(schema: str, tmp_path: Path) -> None:
+    store = PostgresStore(PG_URL, schema=schema)
+    observer = CountingObserver()
+    log = PredictionLog(store, spill_path=tmp_path / "spill.jsonl", observer=observer, flush_interval_s=0.02)
+    log.start()
+    nul = replace(record(0), inputs_raw={"model": "RAV4\x00"}, request_id="nul\x00id")
+    out_of_range = replace(record(1), index=2**40)  # PostgreSQL INTEGER cannot hold it: a data error, not an outage
+    try:
+        log.submit([nul, out_of_range, record(2)])
+        assert log.flush(10)
+        rows = {(r["request_id"], r["index"]): r for r in store.export(None, None, False)}
+        assert set(rows) == {("nul\ufffdid", 0), ("req-0", 2)}
+        assert rows[("nul\ufffdid", 0)]["inputs_raw"] == {"model": "RAV4\ufffd"}
+        assert observer.total_spilled == 0
+        rejected = log.rejects.path.read_bytes().splitlines()
+        assert len(rejected) == 1
+        assert log.close(5)
+    finally:
+        store.close()

@@ -24,6 +24,7 @@ from tabserve.errors import NotFoundError, OverloadedError, StoreError
 from tabserve.store.base import FeedbackResult, PredictionStore
 from tabserve.store.record import PredictionRecord
 from tabserve.store.spill import SpillFile
+from tabserve.store.sql import RecordRejectedError
 
 log = logging.getLogger("tabserve.store")
 
@@ -84,6 +85,8 @@ class PredictionLog:
             raise ValueError("queue_size and batch_size must be >= 1 and flush_interval_s > 0")
         self.backend = backend
         self.spill = SpillFile(spill_path)
+        self.rejects = SpillFile(self.spill.path.with_name(self.spill.path.stem + ".rejected.jsonl"))
+        """Records the database refuses outright (bad data, not an outage): kept for inspection, not replayed."""
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
@@ -110,6 +113,7 @@ class PredictionLog:
         if self._thread is not None:
             raise RuntimeError("PredictionLog already started")
         self.spill.open()
+        self.rejects = SpillFile(self.spill.path.with_name(self.spill.path.stem + ".rejected.jsonl"))
         if self.spill.pending:
             log.warning(
                 "prediction log: %d spilled records in %s will be replayed", self.spill.pending, self.spill.path
@@ -234,10 +238,39 @@ class PredictionLog:
             self._schedule_probe(grow=False)
         self._spill_or_fail(batch)
 
+    def _write(self, batch: list[PredictionRecord]) -> None:
+        """Write a batch; a record the database refuses (not: cannot take now) goes to the rejects file,
+        so one bad value never blocks the log. Raises ``StoreError`` when the database is failing."""
+        try:
+            self.backend.write(batch)
+        except RecordRejectedError:
+            rejected: list[PredictionRecord] = []
+            for record in batch:
+                try:
+                    self.backend.write([record])
+                except RecordRejectedError as exc:
+                    log.error("prediction log: the database rejects request %s row %d: %s", record.request_id,
+                              record.index, exc)  # fmt: skip
+                    rejected.append(record)
+            if rejected:
+                self._reject(rejected)
+
+    def _reject(self, records: list[PredictionRecord]) -> None:
+        try:
+            self.rejects.append(records)
+        except StoreError as exc:
+            log.error("PREDICTION LOG DATA LOSS: %d rejected records could not be saved: %s", len(records), exc)
+            self.observer.spill_failed(len(records))
+            return
+        log.error("prediction log: %d rejected records saved to %s for inspection", len(records), self.rejects.path)
+        counter = getattr(self.observer, "rejected", None)
+        if callable(counter):
+            counter(len(records))
+
     def _write_with_retry(self, batch: list[PredictionRecord]) -> bool:
         for attempt in range(len(self.retry_delays_s) + 1):
             try:
-                self.backend.write(batch)
+                self._write(batch)
             except StoreError as exc:
                 if attempt == len(self.retry_delays_s) or self._stopping.is_set():
                     log.warning("prediction log: database write failed, spilling %d records: %s", len(batch), exc)
@@ -260,7 +293,7 @@ class PredictionLog:
             while path is not None:
                 replayed = 0
                 for chunk in self.spill.read(path, self.batch_size):
-                    self.backend.write(chunk)
+                    self._write(chunk)
                     replayed += len(chunk)
                 self.spill.finish_replay(path, replayed)
                 self.observer.replayed(replayed)
@@ -269,6 +302,10 @@ class PredictionLog:
         except StoreError as exc:
             if self._db_ok:
                 log.warning("prediction log: replay failed, will retry: %s", exc)
+            self._db_ok = False
+            self._schedule_probe(grow=True)
+        except Exception:
+            log.exception("prediction log: replay failed unexpectedly, will retry")
             self._db_ok = False
             self._schedule_probe(grow=True)
         else:
@@ -295,7 +332,7 @@ class PredictionLog:
     def _spill_or_fail(self, records: list[PredictionRecord]) -> bool:
         try:
             self.spill.append(records)
-        except StoreError as exc:
+        except Exception as exc:  # whatever the cause: loud, and the writer must live
             log.error(
                 "PREDICTION LOG DATA LOSS: %d records could neither be written to the database nor spilled "
                 "(first request id %s): %s",

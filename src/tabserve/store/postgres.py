@@ -87,6 +87,10 @@ class PostgresStore(SqlStore):
     def _errors(self) -> tuple[type[BaseException], ...]:
         return (psycopg.Error,)
 
+    @property
+    def _data_errors(self) -> tuple[type[BaseException], ...]:
+        return (psycopg.DataError, psycopg.IntegrityError)
+
     def describe(self) -> str:
         try:
             info = conninfo.conninfo_to_dict(self.url)
@@ -120,7 +124,7 @@ class PostgresStore(SqlStore):
         )
         with cur.copy(f"COPY tabserve_incoming ({PREDICTION_COLUMNS}) FROM STDIN") as copy:
             for row in rows:
-                copy.write_row(row)
+                copy.write_row(_without_nul(row))
         cur.execute(
             f"INSERT INTO predictions ({PREDICTION_COLUMNS}) SELECT {PREDICTION_COLUMNS} FROM tabserve_incoming "  # noqa: S608
             "ON CONFLICT (request_id, idx) DO NOTHING"
@@ -144,3 +148,10 @@ class PostgresStore(SqlStore):
             lambda cur: cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema))),
             write=True,
         )
+
+
+def _without_nul(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """PostgreSQL text and JSONB cannot hold U+0000: replace it with U+FFFD instead of losing the record."""
+    if not any(isinstance(v, str) and ("\x00" in v or "\\u0000" in v) for v in row):
+        return row
+    return tuple(v.replace("\x00", "\ufffd").replace("\\u0000", "\\ufffd") if isinstance(v, str) else v for v in row)

@@ -78,9 +78,36 @@ class PredictionRecord:
             raise StoreError(f"not a prediction record: {exc}") from exc
 
 
+_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def _fallback(value: Any) -> str:
+    return str(value)
+
+
 def dumps_json(value: Any) -> str:
-    """Compact JSON text for a JSON column (NaN/inf become null, as JSON has no such numbers)."""
-    return orjson.dumps(value).decode()
+    """Compact JSON text for a JSON column. Never raises for odd values: NaN/inf become null, non-string
+    keys become strings, and any other non-JSON value (Decimal, bytes, ...) its ``str()``: the log must
+    not lose a record because a caller put something unusual in it."""
+    try:
+        return orjson.dumps(value, default=_fallback, option=_JSON_OPTIONS).decode()
+    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits, nested too deep
+        return orjson.dumps(_jsonable(value, 0), default=_fallback, option=_JSON_OPTIONS).decode()
+
+
+def _jsonable(value: Any, depth: int) -> Any:
+    """A JSON-safe copy: oversized integers and anything exotic become strings (slow path, rare)."""
+    if value is None or isinstance(value, bool | float | str):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if depth > 100:
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v, depth + 1) for v in value]
+    return str(value)
 
 
 def loads_json(text: str | bytes | None) -> Any:
@@ -89,7 +116,11 @@ def loads_json(text: str | bytes | None) -> Any:
 
 def record_line(record: PredictionRecord) -> bytes:
     """One JSONL line (with its newline) for the spill file."""
-    return orjson.dumps(record.as_dict()) + b"\n"
+    data = record.as_dict()
+    try:
+        return orjson.dumps(data, default=_fallback, option=_JSON_OPTIONS) + b"\n"
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_jsonable(data, 0), default=_fallback, option=_JSON_OPTIONS) + b"\n"
 
 
 def split_value(value: float | str | None) -> tuple[float | None, str | None]:

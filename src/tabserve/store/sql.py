@@ -24,6 +24,11 @@ from tabserve.store.record import PredictionRecord, dumps_json, join_value, load
 
 log = logging.getLogger("tabserve.store")
 
+
+class RecordRejectedError(StoreError):
+    """The database is reachable but refuses these values (e.g. a NUL character for PostgreSQL)."""
+
+
 Migration = tuple[int, tuple[str, ...]]
 
 PREDICTION_COLUMNS = _COLUMNS = (
@@ -97,6 +102,11 @@ class SqlStore(ABC):
     def describe(self) -> str:
         """Where the data lives, without secrets (for logs)."""
 
+    @property
+    def _data_errors(self) -> tuple[type[BaseException], ...]:
+        """Exceptions that mean this data can never be written (turned into ``RecordRejectedError``)."""
+        return ()
+
     def _stream_cursor(self, conn: Any) -> Any:
         return conn.cursor()
 
@@ -139,6 +149,12 @@ class SqlStore(ABC):
         try:
             with self._transaction(conn, write=write) as cur:
                 return fn(cur)
+        except (OverflowError, ValueError, TypeError) as exc:  # a value the driver cannot even bind
+            raise RecordRejectedError(f"prediction store {self.describe()}: {what} cannot bind a value: {exc}") from exc
+        except self._data_errors as exc:
+            # the database is fine, the data is not: retrying would fail forever (the log isolates the record)
+            self._drop()
+            raise RecordRejectedError(f"prediction store {self.describe()}: {what} rejected the data: {exc}") from exc
         except self._errors as exc:
             self._drop()
             raise StoreError(f"prediction store {self.describe()}: {what} failed: {exc}") from exc

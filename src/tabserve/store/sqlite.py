@@ -67,6 +67,10 @@ class SqliteStore(SqlStore):
     def _errors(self) -> tuple[type[BaseException], ...]:
         return (sqlite3.Error,)
 
+    @property
+    def _data_errors(self) -> tuple[type[BaseException], ...]:
+        return (sqlite3.DataError, sqlite3.IntegrityError)
+
     def describe(self) -> str:
         return f"sqlite:{self.path}"
 
