@@ -32,6 +32,7 @@ from bench.procs import (
     start_server,
     stop,
 )
+from bench.profile import profile_under_load
 from bench.report import write_report
 from bench.sigterm import sigterm_under_load
 from bench.targets import BATCH_ROWS, C16, REPO, WORK, Point, Target, all_targets
@@ -39,6 +40,7 @@ from bench.wrkresult import WrkOutputError
 
 SECTIONS = ("tabserve", "tabserve-log", "floor", "typical", "mlserver", "overload", "sigterm")
 SERVER_CORE, CLIENT_CORE = 0, 1
+PY_SPY = REPO / "bench" / ".venv-tools" / "bin" / "py-spy"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -59,6 +61,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="extra environment for every tabserve server (repeatable), e.g. TABSERVE_ACCESS_LOG=false",
     )
+    parser.add_argument("--profile", action="store_true", help="py-spy profile of tabserve at 16 connections")
     parser.add_argument("--list-sections", action="store_true", help="print the selected sections and exit")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="report folder")
     return parser.parse_args(argv)
@@ -173,7 +176,7 @@ def smoke(server: Server, target: Target, body: Path) -> dict[str, Any]:
 
 
 def run_target(
-    target: Target, bodies: dict[str, Path], settings: LoadSettings, raw: Path, starts: int
+    target: Target, bodies: dict[str, Path], settings: LoadSettings, raw: Path, starts: int, py_spy: Path | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Cold starts, a smoke request, then every point; returns (server info, point summaries)."""
     info: dict[str, Any] = {"title": target.title, "notes": target.notes, "error": None}
@@ -204,6 +207,11 @@ def run_target(
                 points[p.key] = f"load failed: {exc}"
             print(f"  {target.name}.{p.key}: {_line(points[p.key])}", flush=True)
         info["rss_mb"] = rss_mb(server.pid)
+        if py_spy is not None:
+            url = f"http://127.0.0.1:{server.port}{target.predict_path}"
+            info["profile"] = profile_under_load(
+                server.pid, url, bodies[C16.body], C16.connections, settings, raw, py_spy, f"{target.name}.profile"
+            )
         info["exit_code"] = stop(server.proc)
         trim_log(server.log_path)
     except (ServerStartError, OSError) as exc:
@@ -335,7 +343,8 @@ def main(argv: list[str]) -> int:
         if target.kind == "tabserve" and missing:
             results["servers"][name] = {"title": target.title, "notes": target.notes, "error": missing}
             continue
-        info, points = run_target(target, bodies, settings, raw, args.cold_starts)
+        py_spy = PY_SPY if args.profile and target.kind == "tabserve" else None
+        info, points = run_target(target, bodies, settings, raw, args.cold_starts, py_spy)
         results["servers"][name] = info
         results["points"][name] = points
     if "overload" in sections:

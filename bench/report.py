@@ -336,9 +336,34 @@ def render_markdown(results: dict[str, Any], checks: list[Check]) -> str:
             errors[key] = section["error"]
     if errors:
         out += ["## Errors", ""] + [f"- {k}: {v}" for k, v in errors.items()] + [""]
+    for name, info in results.get("servers", {}).items():
+        out += profile_section(name, info.get("profile"))
     notes = {k: v.get("notes", "") for k, v in results.get("servers", {}).items()}
     out += ["## Configurations", ""] + [f"- {k}: {v}" for k, v in notes.items() if v] + [""]
     return "\n".join(out)
+
+
+def profile_section(name: str, profile: dict[str, Any] | None, n: int = 12) -> list[str]:
+    """Markdown for one py-spy profile: top self-time and inclusive-time functions."""
+    if not profile:
+        return []
+    if profile.get("error"):
+        return [f"## Profile: {name}", "", f"py-spy failed: {profile['error']}", ""]
+    out = [f"## Profile: {name} (py-spy, {profile['samples']:,} samples at 16 connections)", ""]
+    table = [["self %", "function (self time)", "inclusive %", "function (inclusive)"]]
+    own, incl = profile.get("self", [])[:n], profile.get("inclusive", [])[:n]
+    for i in range(max(len(own), len(incl))):
+        a = own[i] if i < len(own) else ["", None]
+        b = incl[i] if i < len(incl) else ["", None]
+        table.append(
+            [
+                "" if a[1] is None else f"{a[1]:.1%}",
+                f"`{a[0]}`" if a[0] else "",
+                "" if b[1] is None else f"{b[1]:.1%}",
+                f"`{b[0]}`" if b[0] else "",
+            ]
+        )
+    return [*out, markdown_table(table), ""]
 
 
 def write_report(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:

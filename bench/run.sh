@@ -55,6 +55,11 @@ if has mlserver && [[ ! -f $MLSERVER_STAMP ]]; then
   "$MLSERVER_VENV/bin/python" -m pip install -q "mlserver==1.7.1" "mlserver-sklearn==1.7.1" "uvloop<0.22"
   touch "$MLSERVER_STAMP"
 fi
+if [[ " $* " == *" --profile "* && ! -x bench/.venv-tools/bin/py-spy ]]; then
+  echo "bench: installing py-spy into bench/.venv-tools (for --profile)"
+  python3 -m venv bench/.venv-tools
+  bench/.venv-tools/bin/python -m pip install -q py-spy
+fi
 if has typical && [[ ! -f $WORK/typical/model.joblib ]]; then
   echo "bench: training the typical baseline's pipeline"
   "$PY" -m bench.peers.train_pipeline "$WORK/typical"

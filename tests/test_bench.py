@@ -275,3 +275,31 @@ def test_trim_log_keeps_head_and_tail_of_big_logs(tmp_path: Path) -> None:
     assert data.endswith(b"T" * 1000)
     assert b"10,000 bytes trimmed" in data
     assert small.read_bytes() == b"short"
+
+
+def test_parse_collapsed_and_top_functions_share_self_and_inclusive_time() -> None:
+    from bench.profile import frame_name, parse_collapsed, top_functions
+
+    text = (
+        'process 1:"python";run (uvloop/loop.py:10);predict (tabserve/service.py:42);encode (tabserve/runtime.py:7) 6\n'
+        'process 1:"python";run (uvloop/loop.py:11);predict (tabserve/service.py:43) 2\n'
+        'process 1:"python";run (uvloop/loop.py:10);parse (orjson/x.py:1) 2\n'
+        "garbage line without count\n"
+    )
+    assert frame_name("predict (tabserve/service.py:42)") == "predict (tabserve/service.py)"
+    stacks = parse_collapsed(text)
+    assert sum(stacks.values()) == 10
+    top = top_functions(stacks)
+    assert top["samples"] == 10
+    assert top["self"][0] == ["encode (tabserve/runtime.py)", 0.6]
+    inclusive = dict(top["inclusive"])
+    assert inclusive["predict (tabserve/service.py)"] == 0.8
+    assert "run (uvloop/loop.py)" not in inclusive  # in every stack
+    assert 'process 1:"python"' not in inclusive
+
+
+def test_profile_section_renders_top_functions() -> None:
+    profile = {"samples": 100, "self": [["f (a.py)", 0.5]], "inclusive": [["g (b.py)", 0.9], ["f (a.py)", 0.5]]}
+    text = "\n".join(report.profile_section("tabserve", profile))
+    assert "| 50.0% | `f (a.py)` | 90.0% | `g (b.py)` |" in text
+    assert "|  |  | 50.0% | `f (a.py)` |" in text

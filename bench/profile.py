@@ -1,0 +1,89 @@
+"""Where the time goes: py-spy samples a server under the 16-connection load (``--profile``).
+
+The profile run is separate from the measured points (sampling costs the server a few per cent). py-spy's
+``raw`` output (collapsed stacks, ``frame;frame;... count``) is kept under ``bench/results/raw/`` and
+summarised as the functions with the most self time and the most inclusive time, so a report can say
+where a target's missing time went. py-spy lives in ``bench/.venv-tools`` (run.sh installs it on
+``--profile``); it needs ptrace on the server process (root, or CAP_SYS_PTRACE in a container).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import LoadSettings, run_wrk
+
+_LINE = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
+_LINENO = re.compile(r":\d+\)$")
+
+
+def frame_name(frame: str) -> str:
+    """``"predict (tabserve/service.py:42)"`` -> ``"predict (tabserve/service.py)"``."""
+    return _LINENO.sub(")", frame.strip())
+
+
+def parse_collapsed(text: str) -> Counter[tuple[str, ...]]:
+    """Collapsed stacks -> sample counts (line numbers dropped, the process/thread root frames kept)."""
+    stacks: Counter[tuple[str, ...]] = Counter()
+    for line in text.splitlines():
+        match = _LINE.match(line.strip())
+        if not match:
+            continue
+        frames = tuple(frame_name(f) for f in match["stack"].split(";") if f.strip())
+        if frames:
+            stacks[frames] += int(match["count"])
+    return stacks
+
+
+def top_functions(stacks: Counter[tuple[str, ...]], n: int = 15) -> dict[str, Any]:
+    """The ``n`` functions with the most self (leaf) samples and the most inclusive samples, as shares."""
+    total = sum(stacks.values())
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    for frames, count in stacks.items():
+        own[frames[-1]] += count
+        for name in set(frames):
+            inclusive[name] += count
+    if total == 0:
+        return {"samples": 0, "self": [], "inclusive": []}
+
+    def shares(counter: Counter[str]) -> list[list[Any]]:
+        return [[name, round(count / total, 4)] for name, count in counter.most_common(n)]
+
+    # frames in every stack (process, thread, main(), the event loop's run) say nothing: leave them out
+    roots = [name for name, count in inclusive.items() if count == total]
+    for name in roots:
+        del inclusive[name]
+    return {"samples": total, "self": shares(own), "inclusive": shares(inclusive)}
+
+
+def profile_under_load(
+    pid: int, url: str, body: Path, connections: int, settings: LoadSettings, raw_dir: Path, py_spy: Path, name: str
+) -> dict[str, Any]:
+    """Run wrk for ``settings.duration_s`` and py-spy on ``pid`` meanwhile; summarise the samples."""
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    out_path = raw_dir / f"{name}.pyspy.txt"
+    seconds = max(1, settings.duration_s - 2)
+    cmd = [str(py_spy), "record", "-p", str(pid), "-d", str(seconds), "-r", "250", "-f", "raw", "-o", str(out_path)]
+    result: dict[str, Any] = {}
+
+    def load() -> None:
+        try:
+            res = run_wrk(url, body, connections, settings.duration_s, settings, raw_dir / f"{name}.wrk.txt")
+            result["load_rps_while_sampled"] = round(res.ok_rps, 1)
+        except Exception as exc:  # reported; the profile is still useful
+            result["load_error"] = str(exc)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=seconds + 30)
+    thread.join(timeout=settings.duration_s + 40)
+    if done.returncode != 0 or not out_path.exists():
+        return {**result, "error": f"py-spy exited {done.returncode}: {done.stderr.strip()[-300:]}"}
+    summary = top_functions(parse_collapsed(out_path.read_text(encoding="utf-8", errors="replace")))
+    return {**result, **summary, "raw": out_path.name, "seconds": seconds, "rate_hz": 250}
