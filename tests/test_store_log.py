@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -262,7 +263,8 @@ def test_bad_record_goes_to_rejects_when_database_refuses_it(
 
 
 def test_odd_json_values_are_kept_when_not_serialisable(store: SqliteStore) -> None:
-    odd = replace(record(0), inputs_raw={"when": Decimal("1.5"), 3: b"x", "big": 2**80})
+    raw: dict[Any, Any] = {"when": Decimal("1.5"), 3: b"x", "big": 2**80}
+    odd = replace(record(0), inputs_raw=raw)
     store.write([odd])
     (row,) = store.export(None, None, False)
     assert row["inputs_raw"] == {"when": "1.5", "3": "b'x'", "big": str(2**80)}
