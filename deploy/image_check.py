@@ -1,0 +1,49 @@
+"""Build-time check of the serving image (run by the Dockerfile, never shipped in it).
+
+Imports every tabserve module except the training package (which must not be importable here: the
+image carries no pandas/scikit-learn), then loads every bundled model version through ``OnnxModel`` and
+runs one all-missing row. A venv trim that removed something serving needs fails the build here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import tabserve
+from tabserve.artifacts import list_models, list_versions, verify_model_dir
+from tabserve.runtime import OnnxModel
+
+
+def main(root: Path) -> int:
+    modules = [
+        info.name
+        for info in pkgutil.walk_packages(tabserve.__path__, "tabserve.")
+        if not info.name.startswith("tabserve.training")
+    ]
+    for name in modules:
+        importlib.import_module(name)
+    if importlib.util.find_spec("sklearn") is not None or importlib.util.find_spec("pandas") is not None:
+        print("image-check: training libraries found in the serving image", file=sys.stderr)
+        return 1
+    checked = 0
+    for name in list_models(root):
+        for version in list_versions(root, name):
+            model = OnnxModel(verify_model_dir(root / name / version))
+            out = model.run(np.full((1, model.encoder.width), np.nan, dtype=np.float32))
+            print(f"image-check: {name} {version} -> output shape {tuple(out.shape)}")
+            checked += 1
+    if checked == 0:
+        print(f"image-check: no model under {root}", file=sys.stderr)
+        return 1
+    print(f"image-check: {len(modules)} modules imported, {checked} model versions ran")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(Path(sys.argv[1] if len(sys.argv) > 1 else "/app/models")))
