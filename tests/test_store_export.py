@@ -11,7 +11,7 @@ import pytest
 
 from tabserve.errors import StoreError
 from tabserve.store import PredictionRecord
-from tabserve.store.export import export_log
+from tabserve.store.export import export_log, parse_since
 from tabserve.store.sqlite import SqliteStore
 
 DATA_DIR = Path(os.environ.get("TABSERVE_TEST_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -139,3 +139,16 @@ def test_export_uses_generic_layout_when_model_unknown(tmp_path: Path) -> None:
         "request_id,index,time,model_version,a,b,prediction,actual",
         "x,0,1.0,2.0.0,Q,1.5,3,",
     ]
+
+
+def test_parse_since_accepts_cli_forms_when_given() -> None:
+    now = 1_800_000_000.0
+    assert parse_since(None) is None
+    assert parse_since("") is None
+    assert parse_since("7d", now=now) == now - 7 * 86_400
+    assert parse_since("12h", now=now) == now - 12 * 3_600
+    assert parse_since("1700000000") == 1_700_000_000.0
+    assert parse_since("2023-11-14T22:13:20Z") == 1_700_000_000.0
+    assert parse_since("2023-11-14T22:13:20") == 1_700_000_000.0
+    with pytest.raises(ValueError, match="since"):
+        parse_since("last tuesday")

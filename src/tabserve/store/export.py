@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -152,6 +154,29 @@ def _csv_text(value: Any, missing: str) -> str:
     if isinstance(value, float):
         return repr(value)  # shortest round-trip form: 2.5, 7.0
     return str(value)
+
+
+def parse_since(text: str | None, *, now: float | None = None) -> float | None:
+    """``--since`` for the CLI: ``7d`` / ``12h`` (ago), an ISO-8601 date or datetime (UTC when naive),
+    or unix seconds. Empty/None = everything."""
+    if text is None or not text.strip():
+        return None
+    value = text.strip()
+    reference = time.time() if now is None else now
+    units = {"d": 86_400.0, "h": 3_600.0, "m": 60.0}
+    if value[-1:] in units and value[:-1].replace(".", "", 1).isdigit():
+        return reference - float(value[:-1]) * units[value[-1]]
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(f"--since {text!r}: use 7d, 12h, 2026-01-31, 2026-01-31T12:00:00Z or unix seconds") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def export_log(
