@@ -144,32 +144,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_since(text: str | None) -> float | None:
-    """``--since``: ISO 8601 (``2026-11-01``, ``2026-11-01T12:00:00+00:00``), unix seconds, or an age
-    (``30m``, ``12h``, ``7d``). Naive times are UTC."""
-    import datetime as dt
-    import re
-    import time
-
-    if not text:
-        return None
-    age = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
-    if age:
-        seconds = float(age.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[age.group(2)]
-        return time.time() - seconds
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        stamp = dt.datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--since {text!r}: use ISO 8601, unix seconds or an age like 7d") from exc
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=dt.UTC)
-    return stamp.timestamp()
-
-
 def _open_store(args: argparse.Namespace) -> PredictionStore:
     from tabserve.store.base import open_store
 
@@ -179,7 +153,7 @@ def _open_store(args: argparse.Namespace) -> PredictionStore:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from tabserve.store.export import export_log
+    from tabserve.store.export import export_log, parse_since
 
     store = _open_store(args)
     out = Path(args.out or f"{args.model}-export.{args.format}")
@@ -202,6 +176,7 @@ def _cmd_drift(args: argparse.Namespace) -> int:
 
     from tabserve.artifacts import model_dir, verify_model_dir
     from tabserve.observability.drift import drift_from_inputs, write_drift_report
+    from tabserve.store.export import parse_since
 
     store = _open_store(args)
     manifest = verify_model_dir(model_dir(Path(args.models), args.model, args.version)).manifest
@@ -316,6 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TabserveError as exc:
         print(f"tabserve {args.command}: {exc.detail}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # bad arguments found after parsing (e.g. --since)
+        print(f"tabserve {args.command}: {exc}", file=sys.stderr)
+        return 2
     return code
 
 

@@ -176,5 +176,6 @@ class UnauthorizedError(TabserveError):
 
 
 class StoreError(TabserveError):
+    status = 503  # in the API: the prediction log's database cannot answer right now (e.g. feedback)
     title = "Prediction log error"
     slug = "store-error"
