@@ -10,6 +10,8 @@ Sub-commands:
 Exit status 0 = check passed, 1 = failed (the reason on stderr).
 """
 
+# ruff: noqa: T201 - a command-line tool: it reports on stdout/stderr
+
 from __future__ import annotations
 
 import argparse
@@ -82,7 +84,11 @@ def differences(actual: Any, expected: Any, tol: float, where: str = "$") -> lis
     if isinstance(expected, list) and isinstance(actual, list):
         if len(actual) != len(expected):
             return [f"{where}: {len(actual)} items != {len(expected)}"]
-        return [d for i, (a, e) in enumerate(zip(actual, expected, strict=True)) for d in differences(a, e, tol, f"{where}[{i}]")]
+        return [
+            d
+            for i, (a, e) in enumerate(zip(actual, expected, strict=True))
+            for d in differences(a, e, tol, f"{where}[{i}]")
+        ]
     return [] if actual == expected else [f"{where}: {actual!r} != {expected!r}"]
 
 

@@ -5,6 +5,8 @@ image carries no pandas/scikit-learn), then loads every bundled model version th
 runs one all-missing row. A venv trim that removed something serving needs fails the build here.
 """
 
+# ruff: noqa: T201 - a command-line tool: it reports on stdout/stderr
+
 from __future__ import annotations
 
 import importlib
