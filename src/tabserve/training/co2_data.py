@@ -1,0 +1,254 @@
+"""co2 training data: reading the NRCan files, canonical spellings, de-duplication and outlier flags.
+
+Owns everything that turns the raw CSVs (1995–2014 5-cycle merge, official 2015–2020 file, and an optional
+``--extra`` file in the official 2015+ layout) into one tidy frame with canonical values:
+
+- make / transmission / fuel type: ``normalise_key`` spelling (case-insensitive, ``Mercedes-Benz`` and
+  ``MERCEDES-BENZ`` are one make);
+- vehicle class: the official (2015+) scheme, normalised; the pre-2015 labels that differ become aliases;
+  the pre-2013 unsplit ``SUV`` stays its own category (it cannot be split honestly); ``UL`` (one row, no
+  meaning published) becomes ``None`` = the unknown code;
+- exact duplicates after canonicalisation are dropped;
+- ``outlier`` flags rows whose CO₂ does not fit combined consumption × the fuel's median factor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tabserve.features.text import normalise_key
+
+OLD_FILE = "fuel_consumption_ratings_1995_2014_5cycle.csv"
+NEW_FILE = "fuel_consumption_ratings_2015_2020.csv"
+DATA_FILES = (OLD_FILE, NEW_FILE)
+
+OFFICIAL_COLUMNS = (
+    "Model year",
+    "Make",
+    "Model",
+    "Vehicle class",
+    "Engine size (L)",
+    "Cylinders",
+    "Transmission",
+    "Fuel type",
+    "City (L/100 km)",
+    "Highway (L/100 km)",
+    "Combined (L/100 km)",
+    "Combined (mpg)",
+    "CO2 emissions (g/km)",
+    "CO2 rating",
+    "Smog rating",
+)
+_RENAME = {
+    "Model year": "model_year",
+    "Make": "make",
+    "Model": "model",
+    "Vehicle class": "vehicle_class",
+    "Engine size (L)": "engine_size_l",
+    "Cylinders": "cylinders",
+    "Transmission": "transmission",
+    "Fuel type": "fuel_type",
+    "City (L/100 km)": "fuel_consumption_city_l_per_100km",
+    "Highway (L/100 km)": "fuel_consumption_hwy_l_per_100km",
+    "Combined (L/100 km)": "fuel_consumption_comb_l_per_100km",
+    "CO2 emissions (g/km)": "co2",
+}
+CITY = "fuel_consumption_city_l_per_100km"
+HWY = "fuel_consumption_hwy_l_per_100km"
+COMB = "fuel_consumption_comb_l_per_100km"
+CONSUMPTION = (CITY, HWY, COMB)
+TARGET = "co2"
+
+OUTLIER_TOLERANCE = 0.07
+"""A row is an outlier when CO₂ / combined consumption is more than 7 % away from its fuel's median factor
+(the published factors vary by ≈ ±2 % within a fuel; the README's ``GLA 250 4MATIC`` E row is −33 %)."""
+
+FUEL_CODES = ("X", "Z", "D", "E", "N")
+FUEL_ALIASES: dict[str, str] = {
+    "REGULAR": "X",
+    "REGULAR GASOLINE": "X",
+    "REGULAR GAS": "X",
+    "GASOLINE": "X",
+    "GAS": "X",
+    "PETROL": "X",
+    "UNLEADED": "X",
+    "PREMIUM": "Z",
+    "PREMIUM GASOLINE": "Z",
+    "PREMIUM GAS": "Z",
+    "PREMIUM UNLEADED": "Z",
+    "DIESEL": "D",
+    "ETHANOL": "E",
+    "E85": "E",
+    "ETHANOL E85": "E",
+    "FLEX FUEL": "E",
+    "NATURAL GAS": "N",
+    "CNG": "N",
+    "COMPRESSED NATURAL GAS": "N",
+}
+FUEL_NAMES = {
+    "X": "regular gasoline",
+    "Z": "premium gasoline",
+    "D": "diesel",
+    "E": "ethanol (E85)",
+    "N": "natural gas",
+}
+
+LEGACY_SUV = "SPORT UTILITY VEHICLE"
+CLASS_ALIASES: dict[str, str] = {
+    "SUV SMALL": "SPORT UTILITY VEHICLE SMALL",
+    "SUV STANDARD": "SPORT UTILITY VEHICLE STANDARD",
+    "SMALL SUV": "SPORT UTILITY VEHICLE SMALL",
+    "STANDARD SUV": "SPORT UTILITY VEHICLE STANDARD",
+    "SUV": LEGACY_SUV,
+    "MIDSIZE": "MID SIZE",
+    "FULLSIZE": "FULL SIZE",
+    "TWO SEATER": "TWO SEATER",
+    "2 SEATER": "TWO SEATER",
+}
+UNKNOWN_CLASSES = frozenset({"UL"})
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedData:
+    frame: pd.DataFrame
+    """Canonical rows: the input columns, ``co2``, ``source``, ``outlier``, ``group`` (normalised make+model)."""
+    file_rows: dict[Path, int]
+    """Each file read -> its data rows (before cleaning)."""
+    duplicates_dropped: int
+    unknown_class_rows: int
+
+
+def canonical_class(raw: str) -> str | None:
+    key = normalise_key(raw)
+    if key in UNKNOWN_CLASSES or not key:
+        return None
+    return CLASS_ALIASES.get(key, key)
+
+
+def canonical_fuel(raw: str) -> str:
+    key = normalise_key(raw)
+    return FUEL_ALIASES.get(key, key)
+
+
+def _read(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if len(frame.columns) != len(OFFICIAL_COLUMNS):
+        raise ValueError(f"{path}: expected {len(OFFICIAL_COLUMNS)} columns, found {len(frame.columns)}")
+    frame.columns = list(OFFICIAL_COLUMNS)
+    return frame
+
+
+def _number(series: pd.Series) -> pd.Series:
+    cleaned = series.str.strip().replace({"": None, "n/a": None, "N/A": None})
+    return pd.to_numeric(cleaned, errors="raise").astype(np.float64)
+
+
+def _canonical(raw: pd.DataFrame, source: str) -> pd.DataFrame:
+    out = pd.DataFrame(
+        {
+            "model_year": _number(raw["Model year"]),
+            "make": raw["Make"].map(normalise_key),
+            "model": raw["Model"].str.strip(),
+            "vehicle_class": raw["Vehicle class"].map(canonical_class),
+            "engine_size_l": _number(raw["Engine size (L)"]),
+            "cylinders": _number(raw["Cylinders"]),
+            "transmission": raw["Transmission"].map(normalise_key),
+            "fuel_type": raw["Fuel type"].map(canonical_fuel),
+            CITY: _number(raw["City (L/100 km)"]),
+            HWY: _number(raw["Highway (L/100 km)"]),
+            COMB: _number(raw["Combined (L/100 km)"]),
+            TARGET: _number(raw["CO2 emissions (g/km)"]),
+        }
+    )
+    out["source"] = source
+    return out
+
+
+def median_factors(frame: pd.DataFrame) -> dict[str, float]:
+    """Median CO₂ / combined L/100 km per fuel (used only to flag outliers)."""
+    ratio = frame[TARGET] / frame[COMB]
+    return {str(k): float(v) for k, v in ratio.groupby(frame["fuel_type"]).median().items()}
+
+
+def load(data_dir: Path, extra: Path | None = None) -> LoadedData:
+    """All rows of both NRCan files (+ the extra file), canonical, de-duplicated, outliers flagged."""
+    parts: list[pd.DataFrame] = []
+    file_rows: dict[Path, int] = {}
+    for name in DATA_FILES:
+        path = data_dir / name
+        raw = _read(path)
+        file_rows[path] = len(raw)
+        parts.append(_canonical(raw, "nrcan"))
+    if extra is not None:
+        raw = _read(extra)
+        file_rows[extra] = len(raw)
+        parts.append(_canonical(raw, "extra"))
+    frame = pd.concat(parts, ignore_index=True)
+    bad = frame[TARGET].isna() | frame["model_year"].isna() | frame["engine_size_l"].isna()
+    if bool(bad.any()):
+        raise ValueError(f"{int(bad.sum())} rows lack CO2, model year or engine size")
+    unknown_class_rows = int(frame["vehicle_class"].isna().sum())
+    frame["model_key"] = frame["model"].map(normalise_key)
+    key_columns = [c for c in frame.columns if c not in ("model", "source")]
+    before = len(frame)
+    frame = frame.drop_duplicates(subset=key_columns, keep="first").reset_index(drop=True)
+    duplicates = before - len(frame)
+    frame["group"] = frame["make"] + " | " + frame["model_key"]
+    factors = median_factors(frame[frame[COMB].notna()])
+    expected = frame[COMB] * frame["fuel_type"].map(factors)
+    deviation = (frame[TARGET] / expected - 1.0).abs()
+    frame["outlier"] = (deviation > OUTLIER_TOLERANCE).fillna(False).astype(bool)
+    return LoadedData(
+        frame=frame, file_rows=file_rows, duplicates_dropped=duplicates, unknown_class_rows=unknown_class_rows
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TemporalSplit:
+    train: pd.DataFrame
+    calibration_train: pd.DataFrame
+    """Training rows of the calibration sibling: one year staler (≤ 2016) than ``train``."""
+    specs_calibration_train: pd.DataFrame
+    """Training rows of the second specs-only calibration sibling: two years staler (≤ 2015)."""
+    calibration: pd.DataFrame
+    test: pd.DataFrame
+
+
+TRAIN_LAST_YEAR = 2017
+CALIBRATION_TRAIN_LAST_YEAR = 2016
+SPECS_CALIBRATION_TRAIN_LAST_YEAR = 2015
+CALIBRATION_YEARS = (2018,)
+TEST_FIRST_YEAR = 2019
+
+
+def temporal_split(frame: pd.DataFrame) -> TemporalSplit:
+    """Train on 1995–2017, calibrate on 2018 (the year just before test), test on 2019–2020.
+
+    Horizon-matched calibration: the shipped model (trained ≤ 2017) meets test rows 2–3 model years after its
+    newest training year, and specs-only errors grow with that distance. The conformal scores are therefore
+    measured on 2018 with a sibling trained the same way on ≤ 2016 (2 years after), not with the shipped model
+    (1 year after, which would under-cover the test years). The specs-only table pools those scores with the
+    scores of a sibling trained on ≤ 2015 (3 years after), as the test split holds horizons 2 (2019) and 3
+    (2020). Only the specs-only pattern can use the ≤ 2015 sibling: it never saw the 2016 factor regime, which
+    the physics term of the other patterns needs. 2018 is held out from every model's training.
+    Rows from ``--extra`` always join training (they are feedback; the test split stays comparable).
+    Outliers are dropped from training only; calibration and test keep them (that is what serving sees).
+    """
+    year = frame["model_year"]
+    extra = frame["source"] == "extra"
+    train = frame[((year <= TRAIN_LAST_YEAR) | extra) & ~frame["outlier"]]
+    calibration_train = frame[((year <= CALIBRATION_TRAIN_LAST_YEAR) | extra) & ~frame["outlier"]]
+    specs_calibration_train = frame[((year <= SPECS_CALIBRATION_TRAIN_LAST_YEAR) | extra) & ~frame["outlier"]]
+    calibration = frame[year.isin(CALIBRATION_YEARS) & ~extra]
+    test = frame[(year >= TEST_FIRST_YEAR) & ~extra]
+    return TemporalSplit(
+        train=train.reset_index(drop=True),
+        calibration_train=calibration_train.reset_index(drop=True),
+        specs_calibration_train=specs_calibration_train.reset_index(drop=True),
+        calibration=calibration.reset_index(drop=True),
+        test=test.reset_index(drop=True),
+    )

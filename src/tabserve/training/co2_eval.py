@@ -1,0 +1,119 @@
+"""co2 evaluation: regression metrics, baselines, per-pattern split-conformal tables and coverage.
+
+A "predictor" here is any function from the encoded float32 matrix to predictions, so the same code scores
+the in-memory estimator (training, parity) and the committed ONNX artifact (``tabserve evaluate co2``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tabserve.manifest import level_key
+from tabserve.runtime import ColumnEncoder
+from tabserve.training.co2_features import ALL_PATTERNS, encode, mask_pattern
+from tabserve.training.conformal import (
+    LEVELS,
+    conformal_quantile,
+    coverage,
+    regression_interval,
+    regression_scores,
+)
+
+Predictor = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
+Values = Mapping[str, list[Any]]
+SCORES = ("absolute", "relative")
+
+
+def regression_metrics(y: npt.ArrayLike, pred: npt.ArrayLike) -> dict[str, float]:
+    y_arr = np.asarray(y, dtype=np.float64)
+    p_arr = np.asarray(pred, dtype=np.float64)
+    err = y_arr - p_arr
+    ss_tot = float(np.sum((y_arr - y_arr.mean()) ** 2))
+    return {
+        "mae": round(float(np.mean(np.abs(err))), 4),
+        "rmse": round(float(np.sqrt(np.mean(err**2))), 4),
+        "r2": round(1.0 - float(np.sum(err**2)) / ss_tot, 5) if ss_tot > 0 else math.nan,
+        "rows": int(y_arr.size),
+    }
+
+
+def pattern_predictions(predict: Predictor, encoder: ColumnEncoder, values: Values) -> dict[str, npt.NDArray[Any]]:
+    """Predictions for every pattern of the three consumption figures (masking the others)."""
+    return {p: np.asarray(predict(encode(encoder, mask_pattern(values, p))), dtype=np.float64) for p in ALL_PATTERNS}
+
+
+def physics_baseline(factors: Mapping[str, float], fuel: Sequence[str], comb: npt.ArrayLike) -> npt.NDArray[Any]:
+    """Combined L/100 km × per-fuel factor fitted on train (gasoline factor for a fuel not in the table)."""
+    default = factors["X"]
+    return np.asarray(comb, dtype=np.float64) * np.array([factors.get(f, default) for f in fuel])
+
+
+def choose_levels(calibration_rows: int) -> list[float]:
+    """0.5/0.8/0.9/0.95 always; 0.99 only when every pattern has enough rows for a finite quantile."""
+    return [lv for lv in LEVELS if math.ceil((calibration_rows + 1) * lv) <= calibration_rows]
+
+
+def quantile_table(y: npt.ArrayLike, pred: npt.ArrayLike, score: str, levels: Sequence[float]) -> dict[str, float]:
+    scores = regression_scores(y, pred, score)
+    table = {level_key(lv): conformal_quantile(scores, lv) for lv in levels}
+    for key, q in table.items():
+        if not math.isfinite(q):
+            raise ValueError(f"conformal quantile at level {key} is not finite ({scores.size} rows)")
+    return {k: round(v, 6) for k, v in table.items()}
+
+
+def cross_fit_width(y: npt.ArrayLike, pred: npt.ArrayLike, score: str, level: float, seed: int) -> tuple[float, float]:
+    """Mean interval width and coverage of ``score`` when calibrated on one half and tested on the other."""
+    y_arr, p_arr = np.asarray(y, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    order = np.random.default_rng(seed).permutation(y_arr.size)
+    halves = (order[: y_arr.size // 2], order[y_arr.size // 2 :])
+    widths, inside = [], []
+    for fit_idx, test_idx in (halves, halves[::-1]):
+        q = conformal_quantile(regression_scores(y_arr[fit_idx], p_arr[fit_idx], score), level)
+        low, high = regression_interval(p_arr[test_idx], q, score)
+        widths.append(high - low)
+        inside.append((y_arr[test_idx] >= low) & (y_arr[test_idx] <= high))
+    return float(np.mean(np.concatenate(widths))), coverage(np.concatenate(inside))
+
+
+Calibration = Mapping[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]]
+"""pattern -> (actual, predicted) on the calibration split."""
+
+
+def choose_score(calibration: Calibration, seed: int) -> tuple[str, dict[str, Any]]:
+    """``absolute`` or ``relative``: the narrower mean 90 % interval, cross-fitted on the calibration split."""
+    report: dict[str, Any] = {}
+    for score in SCORES:
+        fits = [cross_fit_width(y, pred, score, 0.9, seed) for y, pred in calibration.values()]
+        report[score] = {
+            "mean_width_90": round(float(np.mean([w for w, _ in fits])), 4),
+            "mean_coverage_90": round(float(np.mean([c for _, c in fits])), 4),
+        }
+    best = min(SCORES, key=lambda s: (report[s]["mean_width_90"], s))
+    return best, report
+
+
+def coverage_table(
+    y: npt.ArrayLike,
+    by_pattern: Mapping[str, npt.NDArray[Any]],
+    quantiles: Mapping[str, Mapping[str, float]],
+    score: str,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """pattern -> level -> {coverage, mean_width} on a held-out split."""
+    y_arr = np.asarray(y, dtype=np.float64)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for pattern, pred in by_pattern.items():
+        rows: dict[str, dict[str, float]] = {}
+        for key, q in quantiles[pattern].items():
+            low, high = regression_interval(pred, q, score)
+            rows[key] = {
+                "coverage": round(coverage((y_arr >= low) & (y_arr <= high)), 4),
+                "mean_width": round(float(np.mean(high - low)), 3),
+            }
+        out[pattern] = rows
+    return out
