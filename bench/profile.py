@@ -18,6 +18,17 @@ from typing import Any
 
 from bench.loadgen import LoadSettings, run_wrk
 
+# leaves of threads blocked waiting (py-spy's idle detection misses some lock waits): not CPU time
+IDLE_LEAVES = frozenset(
+    {
+        "Condition.wait (threading.py)",
+        "Event.wait (threading.py)",
+        "_wait_for_tstate_lock (threading.py)",
+        "Queue.get (queue.py)",
+        "_worker (concurrent/futures/thread.py)",
+    }
+)
+BACKGROUND_ROOT = "Thread._bootstrap (threading.py)"
 _LINE = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
 _LINENO = re.compile(r":\d+\)$")
 
@@ -41,16 +52,24 @@ def parse_collapsed(text: str) -> Counter[tuple[str, ...]]:
 
 
 def top_functions(stacks: Counter[tuple[str, ...]], n: int = 15) -> dict[str, Any]:
-    """The ``n`` functions with the most self (leaf) samples and the most inclusive samples, as shares."""
+    """The ``n`` functions with the most self (leaf) samples and the most inclusive samples, as shares.
+
+    Samples of threads blocked in a wait are dropped first, so the shares are of the CPU-busy samples.
+    """
+    idle = sum(count for frames, count in stacks.items() if frames[-1] in IDLE_LEAVES)
+    stacks = Counter({frames: count for frames, count in stacks.items() if frames[-1] not in IDLE_LEAVES})
     total = sum(stacks.values())
+    background = sum(count for frames, count in stacks.items() if frames[0] == BACKGROUND_ROOT)
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     for frames, count in stacks.items():
         own[frames[-1]] += count
         for name in set(frames):
             inclusive[name] += count
+    counts = {"samples": total, "idle_samples_dropped": idle, "background_thread_share": 0.0}
     if total == 0:
-        return {"samples": 0, "self": [], "inclusive": []}
+        return {**counts, "self": [], "inclusive": []}
+    counts["background_thread_share"] = round(background / total, 4)
 
     def shares(counter: Counter[str]) -> list[list[Any]]:
         return [[name, round(count / total, 4)] for name, count in counter.most_common(n)]
@@ -59,7 +78,7 @@ def top_functions(stacks: Counter[tuple[str, ...]], n: int = 15) -> dict[str, An
     roots = [name for name, count in inclusive.items() if count == total]
     for name in roots:
         del inclusive[name]
-    return {"samples": total, "self": shares(own), "inclusive": shares(inclusive)}
+    return {**counts, "self": shares(own), "inclusive": shares(inclusive)}
 
 
 def profile_under_load(

@@ -349,7 +349,11 @@ def profile_section(name: str, profile: dict[str, Any] | None, n: int = 12) -> l
         return []
     if profile.get("error"):
         return [f"## Profile: {name}", "", f"py-spy failed: {profile['error']}", ""]
-    out = [f"## Profile: {name} (py-spy, {profile['samples']:,} samples at 16 connections)", ""]
+    out = [
+        f"## Profile: {name} (py-spy, {profile['samples']:,} busy samples at 16 connections, "
+        f"{profile.get('background_thread_share', 0.0):.0%} of them in background threads)",
+        "",
+    ]
     table = [["self %", "function (self time)", "inclusive %", "function (inclusive)"]]
     own, incl = profile.get("self", [])[:n], profile.get("inclusive", [])[:n]
     for i in range(max(len(own), len(incl))):

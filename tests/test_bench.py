@@ -284,13 +284,15 @@ def test_parse_collapsed_and_top_functions_share_self_and_inclusive_time() -> No
         'process 1:"python";run (uvloop/loop.py:10);predict (tabserve/service.py:42);encode (tabserve/runtime.py:7) 6\n'
         'process 1:"python";run (uvloop/loop.py:11);predict (tabserve/service.py:43) 2\n'
         'process 1:"python";run (uvloop/loop.py:10);parse (orjson/x.py:1) 2\n'
+        "Thread._bootstrap (threading.py:1);Condition.wait (threading.py:320) 90\n"
         "garbage line without count\n"
     )
     assert frame_name("predict (tabserve/service.py:42)") == "predict (tabserve/service.py)"
     stacks = parse_collapsed(text)
-    assert sum(stacks.values()) == 10
+    assert sum(stacks.values()) == 100
     top = top_functions(stacks)
-    assert top["samples"] == 10
+    assert top["samples"] == 10  # the idle wait is dropped
+    assert top["idle_samples_dropped"] == 90
     assert top["self"][0] == ["encode (tabserve/runtime.py)", 0.6]
     inclusive = dict(top["inclusive"])
     assert inclusive["predict (tabserve/service.py)"] == 0.8
