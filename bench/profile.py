@@ -51,7 +51,7 @@ def parse_collapsed(text: str) -> Counter[tuple[str, ...]]:
     return stacks
 
 
-def top_functions(stacks: Counter[tuple[str, ...]], n: int = 15) -> dict[str, Any]:
+def top_functions(stacks: Counter[tuple[str, ...]], n: int = 25) -> dict[str, Any]:
     """The ``n`` functions with the most self (leaf) samples and the most inclusive samples, as shares.
 
     Samples of threads blocked in a wait are dropped first, so the shares are of the CPU-busy samples.
@@ -74,10 +74,16 @@ def top_functions(stacks: Counter[tuple[str, ...]], n: int = 15) -> dict[str, An
     def shares(counter: Counter[str]) -> list[list[Any]]:
         return [[name, round(count / total, 4)] for name, count in counter.most_common(n)]
 
-    # frames in every stack (process, thread, main(), the event loop's run) say nothing: leave them out
-    roots = [name for name, count in inclusive.items() if count == total]
-    for name in roots:
-        del inclusive[name]
+    # the trunk every main-thread stack shares (main(), uvicorn's run, the event loop) says nothing
+    main_total = total - background
+    trunk = Counter[str]()
+    for frames, count in stacks.items():
+        if frames[0] != BACKGROUND_ROOT:
+            for name in set(frames):
+                trunk[name] += count
+    for name, count in trunk.items():
+        if count == main_total and count == inclusive[name]:
+            del inclusive[name]
     return {**counts, "self": shares(own), "inclusive": shares(inclusive)}
 
 

@@ -343,7 +343,7 @@ def render_markdown(results: dict[str, Any], checks: list[Check]) -> str:
     return "\n".join(out)
 
 
-def profile_section(name: str, profile: dict[str, Any] | None, n: int = 12) -> list[str]:
+def profile_section(name: str, profile: dict[str, Any] | None, n: int = 15) -> list[str]:
     """Markdown for one py-spy profile: top self-time and inclusive-time functions."""
     if not profile:
         return []
