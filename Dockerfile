@@ -4,8 +4,8 @@
 # · build (the project wheel) · final. Layers are ordered from least to most often changed, so a code-only
 # change rebuilds just the build stage and the last layers of the final one (docs/operations.md).
 
-# ---- runtime-root: the Python base without pip/setuptools/ensurepip, docs and glibc's iconv modules (Python
-# has its own codecs). Nothing installs at run time. dpkg's database stays, so image scanners still work.
+# ---- runtime-root: the Python base without pip/setuptools/ensurepip, docs (licences stay) and glibc's iconv
+# modules (Python has its own codecs). Nothing installs at run time. dpkg's database stays for image scanners.
 FROM python:3.12-slim AS runtime-root
 RUN rm -rf /usr/local/lib/python3*/site-packages/pip* /usr/local/lib/python3*/site-packages/setuptools* \
       /usr/local/lib/python3*/site-packages/wheel* /usr/local/lib/python3*/site-packages/_distutils_hack \
@@ -15,9 +15,9 @@ RUN rm -rf /usr/local/lib/python3*/site-packages/pip* /usr/local/lib/python3*/si
       /usr/lib/python3/dist-packages/_distutils_hack /usr/lib/python3/dist-packages/distutils-precedence.pth \
       /usr/lib/python3.*/ensurepip /usr/lib/python3.*/lib2to3 /usr/lib/python3.*/pydoc_data \
       /usr/lib/python3.*/idlelib /usr/lib/python3.*/turtledemo /usr/share/python-wheels /usr/bin/pip* \
-      /usr/share/doc/* /usr/share/man/* /usr/share/info/* /var/cache/debconf/*-old /var/lib/apt/lists/* \
-      /usr/lib/*-linux-gnu/gconv \
- && find / -xdev -depth -type d -name __pycache__ -path '*/ensurepip/*' -exec rm -rf {} +
+      /usr/local/lib/python3*/lib2to3 /usr/local/lib/python3*/idlelib /usr/local/lib/python3*/turtledemo \
+      /usr/share/man/* /usr/share/info/* /var/cache/debconf/*-old /var/lib/apt/lists/* /usr/lib/*-linux-gnu/gconv \
+ && find /usr/share/doc -type f ! -name copyright -delete
 
 # ---- deps: the serving virtualenv from the locked, hashed requirements/serve.txt (wheels only)
 FROM python:3.12-slim AS deps

@@ -1,8 +1,9 @@
 """Build-time check of the serving image (run by the Dockerfile, never shipped in it).
 
 Imports every tabserve module except the training package (which must not be importable here: the
-image carries no pandas/scikit-learn), then loads every bundled model version through ``OnnxModel`` and
-runs one all-missing row. A venv trim that removed something serving needs fails the build here.
+image carries no pandas/scikit-learn), then loads every bundled model version exactly as the server does
+(``load_serving_model``: verify, open the ONNX session, validate and run the manifest's example request).
+A venv trim that removed something serving needs fails the build here.
 """
 
 # ruff: noqa: T201 - a command-line tool: it reports on stdout/stderr
@@ -15,11 +16,9 @@ import pkgutil
 import sys
 from pathlib import Path
 
-import numpy as np
-
 import tabserve
-from tabserve.artifacts import list_models, list_versions, verify_model_dir
-from tabserve.runtime import OnnxModel
+from tabserve.artifacts import list_models, list_versions
+from tabserve.registry import load_serving_model
 
 
 def main(root: Path) -> int:
@@ -36,9 +35,8 @@ def main(root: Path) -> int:
     checked = 0
     for name in list_models(root):
         for version in list_versions(root, name):
-            model = OnnxModel(verify_model_dir(root / name / version))
-            out = model.run(np.full((1, model.encoder.width), np.nan, dtype=np.float32))
-            print(f"image-check: {name} {version} -> output shape {tuple(out.shape)}")
+            model = load_serving_model(root / name / version, strict_fields=True, warmup=True)
+            print(f"image-check: {name} {version} serves its example request ({model.onnx_sha256[:12]})")
             checked += 1
     if checked == 0:
         print(f"image-check: no model under {root}", file=sys.stderr)
