@@ -94,11 +94,6 @@ def test_stream_got_responses_when_sigterm_sent(outcome: Outcome) -> None:
     assert outcome.connection_errors <= THREADS  # each client stops at its first connection error
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn >= 0.29 re-raises the captured SIGTERM after a graceful shutdown (Server.capture_signals),"
-    " so `tabserve serve` dies by signal 15 (-15 / 143) instead of exiting 0 (src/tabserve/cli.py _cmd_serve)",
-)
 def test_sigterm_exits_zero_when_requests_in_flight(outcome: Outcome) -> None:
     assert outcome.returncode == 0, outcome.server_log[-2000:]
 

@@ -482,12 +482,6 @@ def test_v2_health_routes_answer_when_ready(http: httpx.Client) -> None:
     assert ready.json() == {"ready": True}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the model name from the URL becomes a metric label before it is known to exist "
-    "(routes_oip.py:121 and routes_models.py:35 set state['model'] = name; middleware.py labels "
-    "tabserve_requests_total / latency with it): any client can create unbounded series",
-)
 def test_metrics_omit_model_label_when_model_unknown(http: httpx.Client) -> None:
     names = [f"bogus_{uuid.uuid4().hex[:8]}" for _ in range(3)]
     for name in names:

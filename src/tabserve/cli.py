@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -116,11 +117,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "timeout_keep_alive": 30,
     }
     if settings.workers > 1:
+        signal.signal(signal.SIGTERM, lambda *_: None)
         uvicorn.run("tabserve.api.app:create_app", factory=True, workers=settings.workers, **common)  # type: ignore[arg-type]
         return 0
     from tabserve.api.app import create_app
 
-    uvicorn.run(create_app(Settings()), **common)  # type: ignore[arg-type]
+    app = create_app(settings)
+    registry = app.state.ctx.registry
+    registry.load_all()  # verify, load and warm before binding the port: a bad model fails here, in one line
+    if registry.failures():
+        print(f"tabserve serve: {'; '.join(registry.failures().values())}", file=sys.stderr)
+        return 1
+    # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully, which would turn a clean
+    # drain into "killed by signal 15"; a no-op handler makes the process exit 0 as orchestrators expect.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    uvicorn.run(app, **common)  # type: ignore[arg-type]
     return 0
 
 

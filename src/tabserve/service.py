@@ -94,6 +94,8 @@ class PredictionService:
         ``info`` (optional) receives ``model``, ``rows`` and ``timings`` for the access log."""
         started = time.perf_counter()
         model = self.registry.get(name, version)
+        if info is not None:
+            info["model"] = model.name  # only a loaded model's name becomes a metric label
         chosen = model.confidence.resolve_level(level)
         model_ref = {"name": model.name, "version": model.version}
         if type(body) is dict and "instances" in body:
@@ -119,14 +121,19 @@ class PredictionService:
         request_id: str,
         level: str | float | None = None,
         version: str | None = None,
+        info: dict[str, Any] | None = None,
     ) -> tuple[ServingModel, list[dict[str, Any]]]:
         """Batch entry for protocol adapters (Open Inference Protocol): instances in, per-instance answers out."""
         started = time.perf_counter()
         model = self.registry.get(name, version)
+        if info is not None:
+            info["model"] = model.name
         chosen = model.confidence.resolve_level(level)
         self._check_size(objs)
         answers, batch, timings = self._run_many(model, objs, chosen)
         self.hooks.predicted(Outcome(model, request_id, objs, answers, timings, started, batch=batch))
+        if info is not None:
+            info.update(rows=len(answers), timings=timings)
         return model, answers
 
     def _batch_items(self, body: dict[str, Any]) -> list[Any]:

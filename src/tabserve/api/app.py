@@ -112,7 +112,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if ctx.log is not None:
         await asyncio.to_thread(ctx.log.backend.migrate)
         ctx.log.start()
-    await asyncio.to_thread(ctx.registry.load_all)
+    if not ctx.registry.ready:  # `tabserve serve` with one worker loads before binding the port
+        await asyncio.to_thread(ctx.registry.load_all)
     failures = ctx.registry.failures()
     if failures:
         detail = "; ".join(f"{name}: {error}" for name, error in failures.items())

@@ -32,7 +32,6 @@ PREDICT_DOC = (
 async def _predict(ctx: AppContext, request: Request, name: str, level: str | None) -> Response:
     body = await read_json(request, ctx.settings.max_body_bytes)
     state: dict[str, Any] = request.scope["state"]
-    state["model"] = name
     result = ctx.service.predict(name, body, request_id=state["request_id"], level=level, info=state)
     return Response(orjson.dumps(result), media_type="application/json")
 

@@ -118,7 +118,6 @@ async def get_model_ready(name: str, ctx: ContextDep, version: str | None = None
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference on a version")
 async def infer(name: str, request: Request, ctx: ContextDep, version: str | None = None) -> Response:
     state: dict[str, Any] = request.scope["state"]
-    state["model"] = name
     try:
         raw = await read_body(request, ctx.settings.max_body_bytes)
         header, blobs = _split_binary(raw, request.headers.get("inference-header-content-length"))
@@ -129,7 +128,7 @@ async def infer(name: str, request: Request, ctx: ContextDep, version: str | Non
         parameters = document.get("parameters") or {}
         level = parameters.get("level") if isinstance(parameters, dict) else None
         model, answers = ctx.service.predict_instances(
-            name, instances, request_id=state["request_id"], level=level, version=version
+            name, instances, request_id=state["request_id"], level=level, version=version, info=state
         )
         outputs = _outputs(model, answers, document.get("outputs"))
     except TabserveError as exc:

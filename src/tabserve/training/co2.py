@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from tabserve.training.co2_data import (
     TEST_FIRST_YEAR,
     TRAIN_LAST_YEAR,
     LoadedData,
+    TemporalSplit,
     load,
     temporal_split,
 )
@@ -56,7 +58,7 @@ from tabserve.training.co2_features import (
     input_values,
     mask_pattern,
 )
-from tabserve.training.co2_model import ML_OPSET, OPSET, OUTPUT_NAME, to_onnx
+from tabserve.training.co2_model import FACTOR_REGIME_YEAR, ML_OPSET, OPSET, OUTPUT_NAME, to_onnx
 from tabserve.training.co2_recipe import Recipe, fit_recipe
 from tabserve.training.describe import category_shares, data_file_entry, library_versions, numeric_histogram
 from tabserve.training.options import TrainOptions
@@ -74,7 +76,14 @@ def _pattern_metrics(y: npt.NDArray[Any], by_pattern: dict[str, npt.NDArray[Any]
 
 
 def _physics_metrics(frame: pd.DataFrame, recipe: Recipe) -> dict[str, Any]:
-    pred = physics_baseline(recipe.fuel_factors, frame["fuel_type"].tolist(), frame[COMB])
+    pred = physics_baseline(
+        recipe.fuel_factors,
+        recipe.old_fuel_factors,
+        frame["fuel_type"].tolist(),
+        frame["model_year"],
+        frame[COMB],
+        FACTOR_REGIME_YEAR,
+    )
     return regression_metrics(frame[TARGET], pred)
 
 
@@ -105,7 +114,7 @@ def _grouped_split(data: LoadedData, seed: int) -> dict[str, Any]:
     }
 
 
-def _latency(onnx_path: Path, x: npt.NDArray[np.float32]) -> dict[str, float]:
+def _latency(onnx_path: Path, x: npt.NDArray[np.float32], x_specs: npt.NDArray[np.float32]) -> dict[str, float]:
     session = ort.InferenceSession(str(onnx_path), sess_options=session_options(1), providers=["CPUExecutionProvider"])
 
     def timed(batch: npt.NDArray[np.float32], repeats: int) -> float:
@@ -118,7 +127,13 @@ def _latency(onnx_path: Path, x: npt.NDArray[np.float32]) -> dict[str, float]:
         return float(np.median(samples)) * 1e6
 
     rows = np.ascontiguousarray(np.resize(x, (1000, x.shape[1])))
-    return {"one_row_p50_us": round(timed(rows[:1], 2000), 1), "rows_1000_p50_us": round(timed(rows, 200), 1)}
+    specs = np.ascontiguousarray(np.resize(x_specs, (1000, x.shape[1])))
+    return {
+        "one_row_p50_us": round(timed(rows[:1], 2000), 1),
+        "one_row_specs_only_p50_us": round(timed(specs[:1], 2000), 1),
+        "rows_1000_p50_us": round(timed(rows, 200), 1),
+        "rows_1000_specs_only_p50_us": round(timed(specs, 200), 1),
+    }
 
 
 def _onnx_predictor(onnx_path: Path) -> Predictor:
@@ -166,7 +181,21 @@ def _example_request(test: pd.DataFrame) -> dict[str, Any]:
     return request
 
 
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    path: Path
+    """The sealed version folder."""
+    recipe: Recipe
+    """The shipped estimator (tests compare the ONNX export against it)."""
+    split: TemporalSplit
+
+
 def train(options: TrainOptions) -> Path:
+    return train_and_export(options).path
+
+
+def train_and_export(options: TrainOptions) -> TrainResult:
+    """Fit, calibrate, evaluate, export and seal ``<out>/co2/<version>/``."""
     started = time.perf_counter()
     if options.data_dir is None:
         raise ValueError("tabserve train co2 needs --data DIR (the NRCan CSV folder)")
@@ -230,6 +259,7 @@ def train(options: TrainOptions) -> Path:
         "conformal_score_choice": score_report,
         "export_parity_max_abs_g_per_km": round(parity, 6),
         "fuel_factors_g_per_l_per_100km": {k: round(v, 4) for k, v in recipe.fuel_factors.items()},
+        "fuel_factors_before_2016": {k: round(v, 4) for k, v in recipe.old_fuel_factors.items()},
         "physics_ratios": {
             "comb_per_city": recipe.estimator.physics.ratio_city,
             "comb_per_hwy": recipe.estimator.physics.ratio_hwy,
@@ -253,7 +283,11 @@ def train(options: TrainOptions) -> Path:
         "beats_published_anchor": temporal[WITH]["rmse"] < 3.36 and temporal[WITH]["r2"] > 0.9973,
     }
     metrics["timing"] = {
-        **_latency(onnx_path, encode(recipe.encoder, test_values)),
+        **_latency(
+            onnx_path,
+            encode(recipe.encoder, test_values),
+            encode(recipe.encoder, mask_pattern(test_values, SPECS)),
+        ),
         "training_seconds": round(time.perf_counter() - started, 1),
     }
     conformal = {
@@ -292,7 +326,7 @@ def train(options: TrainOptions) -> Path:
     _check_finite(manifest)
     write_manifest(out_dir, manifest)
     print(f"co2: ONNX opset {OPSET} (ai.onnx.ml {ML_OPSET}), {width} columns, metrics {metrics['targets']}")
-    return out_dir
+    return TrainResult(path=out_dir, recipe=recipe, split=split)
 
 
 def _check_finite(value: Any, where: str = "manifest") -> None:

@@ -143,7 +143,8 @@ def _read(path: Path) -> pd.DataFrame:
 
 
 def _number(series: pd.Series) -> pd.Series:
-    cleaned = series.str.strip().replace({"": None, "n/a": None, "N/A": None})
+    cleaned = series.str.strip()
+    cleaned = cleaned.where(~cleaned.str.lower().isin(["", "n/a", "na"]))
     return pd.to_numeric(cleaned, errors="raise").astype(np.float64)
 
 

@@ -47,10 +47,20 @@ def pattern_predictions(predict: Predictor, encoder: ColumnEncoder, values: Valu
     return {p: np.asarray(predict(encode(encoder, mask_pattern(values, p))), dtype=np.float64) for p in ALL_PATTERNS}
 
 
-def physics_baseline(factors: Mapping[str, float], fuel: Sequence[str], comb: npt.ArrayLike) -> npt.NDArray[Any]:
-    """Combined L/100 km × per-fuel factor fitted on train (gasoline factor for a fuel not in the table)."""
-    default = factors["X"]
-    return np.asarray(comb, dtype=np.float64) * np.array([factors.get(f, default) for f in fuel])
+def physics_baseline(
+    factors: Mapping[str, float],
+    old_factors: Mapping[str, float],
+    fuel: Sequence[str],
+    year: npt.ArrayLike,
+    comb: npt.ArrayLike,
+    regime_year: float,
+) -> npt.NDArray[Any]:
+    """Combined L/100 km × per-fuel factor fitted on train, for the row's factor regime (model year < / ≥ 2016);
+    the gasoline factor for a fuel not in the table."""
+    old = np.asarray(year, dtype=np.float64) < regime_year
+    new_f = np.array([factors.get(f, factors["X"]) for f in fuel])
+    old_f = np.array([old_factors.get(f, old_factors["X"]) for f in fuel])
+    return np.asarray(comb, dtype=np.float64) * np.where(old, old_f, new_f)
 
 
 def choose_levels(calibration_rows: int) -> list[float]:

@@ -263,14 +263,22 @@ def mask_pattern(values: Mapping[str, list[Any]], pattern: str) -> dict[str, lis
     return out
 
 
-def perturb(values: Mapping[str, list[Any]], rng: np.random.Generator) -> dict[str, list[Any]]:
-    """Training-only noise that teaches the model the unknown code and an absent model year."""
+def perturb(
+    values: Mapping[str, list[Any]], rng: np.random.Generator, year_mask_from: float | None = None
+) -> dict[str, list[Any]]:
+    """Training-only noise that teaches the model the unknown code and an absent model year.
+
+    ``year_mask_from``: only rows of that model year or later lose their year (the physics term assumes the
+    current factor regime when the year is absent, so only current-regime rows may teach that case).
+    """
     out = {k: list(v) for k, v in values.items()}
     n = len(out["make"])
     for name in ("make", "vehicle_class", "transmission"):
         hits = rng.random(n) < UNKNOWN_RATE
         out[name] = [UNKNOWN_VALUE if hit else v for hit, v in zip(hits, out[name], strict=True)]
     hits = rng.random(n) < YEAR_MASK_RATE
+    if year_mask_from is not None:
+        hits &= np.array([v is not None and v >= year_mask_from for v in out["model_year"]], dtype=bool)
     out["model_year"] = [None if hit else v for hit, v in zip(hits, out["model_year"], strict=True)]
     return out
 

@@ -4,7 +4,8 @@ One function, ``fit_recipe``, used for the shipped model (temporal split) and fo
 that only produces evaluation figures. Matrices are built through ``ColumnEncoder`` from normalised values.
 Training rows: every row once without consumption figures (and once more with random unknown categories /
 absent model year) for the specs model; every row once per non-empty pattern of the three figures
-(with the same random perturbation) for the residual model.
+with city and/or highway but no combined figure (same random perturbation) for the residual model; rows with
+the combined figure take the physics term alone (see ``co2_model``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tabserve.training.co2_features import (
     mask_pattern,
     perturb,
 )
-from tabserve.training.co2_model import Co2Estimator, fit, fit_physics
+from tabserve.training.co2_model import FACTOR_REGIME_YEAR, Co2Estimator, fit, fit_physics
 
 _COLUMNS = TypeAdapter(list[ColumnSpec])
 
@@ -43,6 +44,10 @@ class Recipe:
     @property
     def fuel_factors(self) -> dict[str, float]:
         return {code: self.estimator.physics.factors[i] for i, code in enumerate(FUEL_CODES)}
+
+    @property
+    def old_fuel_factors(self) -> dict[str, float]:
+        return {code: self.estimator.physics.old_factors[i] for i, code in enumerate(FUEL_CODES)}
 
     def predict(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         return self.estimator.predict(x)
@@ -80,8 +85,8 @@ def fit_recipe(train: pd.DataFrame, seed: int) -> Recipe:
         [encode(encoder, mask_pattern(values, "000")), encode(encoder, perturb(mask_pattern(values, "000"), rng))]
     )
     specs_y = np.concatenate([y, y])
-    given = [p for p in ALL_PATTERNS if p != "000"]
-    given_x = np.vstack([encode(encoder, perturb(mask_pattern(values, p), rng)) for p in given])
+    given = [p for p in ALL_PATTERNS if p != "000" and p[2] == "0"]  # city and/or highway, no combined
+    given_x = np.vstack([encode(encoder, perturb(mask_pattern(values, p), rng, FACTOR_REGIME_YEAR)) for p in given])
     given_y = np.tile(y, len(given))
     estimator = fit(physics, specs_x, specs_y, given_x, given_y, seed)
     return Recipe(columns=columns, encoder=encoder, estimator=estimator)
