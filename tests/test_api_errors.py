@@ -10,9 +10,11 @@ from fastapi.testclient import TestClient
 
 from conftest import MODELS
 
-CO2 = json.loads((MODELS / "co2" / "1.0.0" / "manifest.json").read_text())["example_request"] if (
-    MODELS / "co2" / "1.0.0" / "manifest.json"
-).exists() else {}
+CO2 = (
+    json.loads((MODELS / "co2" / "1.0.0" / "manifest.json").read_text())["example_request"]
+    if (MODELS / "co2" / "1.0.0" / "manifest.json").exists()
+    else {}
+)
 
 
 def problem(response: Any, status: int) -> dict[str, Any]:
@@ -42,7 +44,11 @@ def fields(body: dict[str, Any]) -> set[str]:
         ({"make": "   "}, "body.make", "missing"),
         ({"model": ["x"]}, "body.model", "wrong_type"),
         ({"engine_sise": 2.0}, "body.engine_sise", "unknown_field"),
-        ({"fuel_consumption_comb_l_per_100km": {"value": 0, "unit": "mpg_us"}}, "body.fuel_consumption_comb_l_per_100km.value", "out_of_range"),
+        (
+            {"fuel_consumption_comb_l_per_100km": {"value": 0, "unit": "mpg_us"}},
+            "body.fuel_consumption_comb_l_per_100km.value",
+            "out_of_range",
+        ),
         ({"fuel_consumption_comb_l_per_100km": {"value": 8}}, "body.fuel_consumption_comb_l_per_100km", "wrong_type"),
     ],
 )
@@ -126,7 +132,8 @@ def test_empty_batch_gets_422(client: TestClient) -> None:
 
 @pytest.mark.parametrize("body", [[CO2], 42, "text", None, {"instances": {"a": 1}}])
 def test_body_of_the_wrong_shape_gets_422(client: TestClient, body: Any) -> None:
-    problem(client.post("/predict", json=body), 422)
+    text = json.dumps(body).encode()
+    problem(client.post("/predict", content=text, headers={"content-type": "application/json"}), 422)
 
 
 def test_unknown_model_gets_404(client: TestClient) -> None:
@@ -142,7 +149,7 @@ def test_unknown_route_gets_problem_json(client: TestClient) -> None:
 def test_overload_gets_fast_503_with_retry_after(make_client: Any) -> None:
     limited = make_client(max_in_flight=1)
     limited.app.state.ctx.admission.limit = -1  # every request counts as over the bound
-    limited.app.state.ctx.admission.baseline = -10**6
+    limited.app.state.ctx.admission.baseline = -(10**6)
     response = limited.post("/predict", json=CO2)
     body = problem(response, 503)
     assert response.headers["retry-after"] == "1" and "in flight" in body["detail"]

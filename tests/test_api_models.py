@@ -60,7 +60,8 @@ def test_drift_report_has_a_status_per_feature(client: TestClient) -> None:
     example = client.get("/models/co2").json()["example_request"]
     client.post("/predict", json={"instances": [example] * 20})
     body = client.get("/models/co2/drift").json()
-    assert body["seen"] == 20
+    assert body["n_seen"] == 20
+    assert body["window_size"] == 1000
     assert "engine_size_l" in body["features"]
 
 

@@ -27,7 +27,9 @@ def mutate(example: dict[str, Any], rng: random.Random, manifest: Any) -> dict[s
         if spec.type == "number":
             low, high = spec.training.min, spec.training.max
             if roll < 0.6:
-                row[spec.name] = round(rng.uniform(low, high), 2) if not spec.integer else rng.randint(int(low), int(high))
+                row[spec.name] = (
+                    round(rng.uniform(low, high), 2) if not spec.integer else rng.randint(int(low), int(high))
+                )
             elif roll < 0.7:
                 row[spec.name] = {"value": row.get(spec.name) or low, "unit": spec.unit}
             elif roll < 0.8 and not spec.required:
