@@ -214,7 +214,11 @@ def train_and_export(options: TrainOptions) -> TrainResult:
     specs_older = specs_sibling.predict(encode(specs_sibling.encoder, mask_pattern(cal_values, SPECS)))
     calibration[SPECS] = (np.concatenate([cal_y, cal_y]), np.concatenate([cal_pred[SPECS], specs_older]))
     levels = choose_levels(min(len(y) for y, _ in calibration.values()))
-    score, score_report = choose_score(calibration, options.seed)
+    earlier = pattern_predictions(sibling.predict, sibling.encoder, input_values(split.score_check))
+    check_y = split.score_check[TARGET].to_numpy(dtype=np.float64)
+    score, score_report = choose_score(
+        {p: (check_y, earlier[p]) for p in ALL_PATTERNS}, {p: (cal_y, cal_pred[p]) for p in ALL_PATTERNS}
+    )
     quantiles = {p: quantile_table(y, pred, score, levels) for p, (y, pred) in calibration.items()}
 
     out_dir = options.out_root / NAME / options.version

@@ -216,6 +216,8 @@ class TemporalSplit:
     specs_calibration_train: pd.DataFrame
     """Training rows of the second specs-only calibration sibling: two years staler (≤ 2015)."""
     calibration: pd.DataFrame
+    score_check: pd.DataFrame
+    """Model year 2017 (after the ≤ 2016 sibling's training): used only to choose the conformal score."""
     test: pd.DataFrame
 
 
@@ -251,5 +253,6 @@ def temporal_split(frame: pd.DataFrame) -> TemporalSplit:
         calibration_train=calibration_train.reset_index(drop=True),
         specs_calibration_train=specs_calibration_train.reset_index(drop=True),
         calibration=calibration.reset_index(drop=True),
+        score_check=frame[(year == CALIBRATION_TRAIN_LAST_YEAR + 1) & ~extra].reset_index(drop=True),
         test=test.reset_index(drop=True),
     )
