@@ -78,6 +78,14 @@ def _co2_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     second["cylinders"] = 6 if example["cylinders"] != 6 else 8
     third["engine_size_l"] = round(max(engine["min"], min(engine["max"], 1.6)), 1)
     third["cylinders"] = 4
+    for key in (
+        "fuel_consumption_city_l_per_100km",
+        "fuel_consumption_hwy_l_per_100km",
+        "fuel_consumption_comb_l_per_100km",
+    ):
+        if key in example:  # with fuel figures CO2 is nearly physics: vary them so the rows really differ
+            second[key] = round(example[key] + 2.0, 1)
+            third[key] = round(example[key] - 1.5, 1)
     for name, spec in specs.items():
         if spec["type"] == "category" and name in example:
             other = [c for c in spec["categories"] if c != example[name]]

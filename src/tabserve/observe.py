@@ -1,4 +1,4 @@
-"""After every prediction: metrics, the prediction log record(s) and the drift window, in one place.
+"""After every prediction: per-row metrics, the prediction log record(s) and the drift window, in one place.
 
 ``PredictionObserver`` implements ``service.ServiceHooks``. It does only cheap, bounded work on the request
 path: counters, a deque append, and a non-blocking hand-off to the prediction log's writer thread.
@@ -33,13 +33,7 @@ class PredictionObserver:
         name = model.name
         set_model(name, model.version)
         metrics = self.metrics
-        timings = outcome.timings
-        metrics.stage("validate", name, timings.validate)
-        metrics.stage("preprocess", name, timings.preprocess)
-        metrics.stage("inference", name, timings.inference)
-        metrics.stage("explain", name, timings.explain)
-        rows = len(outcome.answers)
-        metrics.rows(name, rows)
+        metrics.rows(name, len(outcome.answers))
         regression = model.confidence.task == "regression"
         for answer in outcome.answers:
             if regression:

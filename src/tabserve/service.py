@@ -28,7 +28,8 @@ class Timings:
     validate: float = 0.0
     preprocess: float = 0.0
     inference: float = 0.0
-    explain: float = 0.0
+    serialise: float = 0.0
+    """Building the answer (confidence, warnings) and, added by the route, encoding the JSON response."""
 
 
 @dataclass(slots=True)

@@ -24,6 +24,7 @@ from tabserve.api.routes_admin import router as admin_router
 from tabserve.api.routes_health import router as health_router
 from tabserve.api.routes_models import router as models_router
 from tabserve.api.routes_oip import router as oip_router
+from tabserve.api.routes_predict import ROUTES as PREDICT_ROUTES
 from tabserve.config import Settings
 from tabserve.errors import TabserveError
 from tabserve.observability.drift import DriftMonitor
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, *, metrics: ServiceMetrics | No
     holder.append(ctx)
 
     app = FastAPI(
+        telemetry={"tracing": False, "metrics": False, "logs": False},  # tabserve's own tracing is injected
         title="tabserve",
         version=__version__,
         description="Predictions with honest confidence for tabular models (ONNX + JSON manifests).",
@@ -91,6 +93,7 @@ def create_app(settings: Settings | None = None, *, metrics: ServiceMetrics | No
     app.add_exception_handler(FastAPIValidationError, problems.fastapi_validation_handler)
     app.add_exception_handler(StarletteHTTPException, problems.http_error_handler)
     app.add_exception_handler(Exception, problems.unexpected_error_handler)
+    app.router.routes.extend(PREDICT_ROUTES)
     for router in (health_router, models_router, admin_router, oip_router):
         app.include_router(router)
     app.add_middleware(
@@ -120,7 +123,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         log_fields(ctx.logger, 50, f"cannot serve: {detail}", status="failed")
         await _close(ctx)
         raise TabserveError(f"cannot serve: {detail}")
-    ctx.admission.calibrate()
+    ctx.admission.install(loop)
     with suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_all(ctx)))
     ctx.started = True

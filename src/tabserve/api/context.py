@@ -32,7 +32,7 @@ class AppContext:
     started: bool = False
 
 
-def _context(request: Request) -> AppContext:
+async def _context(request: Request) -> AppContext:  # async: FastAPI would run a sync one in a thread
     ctx: AppContext = request.app.state.ctx
     return ctx
 

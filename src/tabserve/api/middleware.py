@@ -29,21 +29,33 @@ MAX_REQUEST_ID = 128
 class Admission:
     """Bounds the requests a worker holds at once, counting those still waiting for the event loop.
 
-    Every request is an asyncio task from the moment the server parsed its headers, so the number of live
-    tasks (less the server's own baseline) is the number in flight *and queued*. Beyond ``limit`` a
-    request is refused at once with 503 + Retry-After instead of waiting behind the others.
+    uvicorn makes every request an asyncio task as soon as it has parsed the headers, so the number of live
+    tasks (less the server's own) is the number of requests in flight *and queued*. ``install`` puts a
+    counting task factory on the running loop (public asyncio API, O(1) per task); beyond ``limit`` a request
+    is refused at once with 503 + Retry-After instead of waiting behind the others.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.baseline = 0
+        self.live = 0
 
-    def calibrate(self) -> None:
-        """Called at start-up, when only the server's own tasks exist."""
-        self.baseline = len(asyncio.all_tasks())
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Called at start-up, on the serving loop, when only the server's own tasks exist."""
+        previous = loop.get_task_factory()
+
+        def _done(_: asyncio.Future[Any]) -> None:
+            self.live -= 1
+
+        def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future[Any]:
+            task = previous(loop, coro, **kwargs) if previous else asyncio.Task(coro, loop=loop, **kwargs)
+            self.live += 1
+            task.add_done_callback(_done)
+            return task
+
+        loop.set_task_factory(factory)  # only tasks created from now on (the requests) are counted
 
     def admit(self) -> None:
-        if self.limit and len(asyncio.all_tasks()) - self.baseline > self.limit:
+        if self.limit and self.live > self.limit:
             raise OverloadedError(f"more than {self.limit} requests in flight on this worker; retry shortly")
 
 
@@ -140,11 +152,16 @@ class RequestEnvelope:
                 self.metrics.in_flight_dec()
         finally:
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = state.get("route") or getattr(scope.get("route"), "path", None) or "unmatched"
             model = state.get("model", "")
-            self.metrics.request(template, model, status, elapsed)
+            metrics = self.metrics
+            metrics.request(template, model, status, elapsed)
             timings = state.get("timings")
+            if timings is not None:
+                metrics.stage("validate", model, timings.validate)
+                metrics.stage("preprocess", model, timings.preprocess)
+                metrics.stage("inference", model, timings.inference)
+                metrics.stage("serialise", model, timings.serialise)
             if self.access_log.enabled:
                 self.access_log(
                     scope["method"],

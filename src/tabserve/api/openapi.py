@@ -59,29 +59,65 @@ def _request_body(manifest: Manifest) -> dict[str, Any]:
     }
 
 
+LEVEL_PARAMETER = {
+    "name": "level",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "number", "default": 0.9},
+    "description": "Confidence level of the interval / prediction set (one of the model's levels)",
+}
+PREDICT_DESCRIPTION = (
+    'One instance as a JSON object, or a batch as `{"instances": [...]}`. Numbers in the canonical unit, or '
+    '`{"value": x, "unit": "..."}`. Returns the prediction with its conformal interval (regression) or '
+    "probabilities and prediction set (classification), warnings and the out-of-distribution flag. "
+    "Errors are application/problem+json."
+)
+
+
+def _predict_operation(operation_id: str, summary: str, manifest: Manifest | None) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "tags": ["predict"],
+        "operationId": operation_id,
+        "summary": summary,
+        "description": PREDICT_DESCRIPTION,
+        "parameters": [LEVEL_PARAMETER],
+        "responses": {
+            "200": {
+                "description": "The prediction(s)",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            "422": {"description": "Invalid input, one entry per field", "content": {"application/problem+json": {}}},
+        },
+    }
+    if manifest is not None:
+        operation["requestBody"] = _request_body(manifest)
+    return operation
+
+
 def install_openapi(app: FastAPI) -> None:
     """Replace ``app.openapi`` with one that documents each model's predict body from its manifest."""
 
     def build() -> dict[str, Any]:
         ctx = app.state.ctx
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        paths = schema.get("paths", {})
-        models = {}
-        for name, state in ctx.registry.states().items():
-            if state.serving is not None:
-                models[name] = state.serving.manifest
-        default = models.get(ctx.settings.default_model)
-        if default is not None and "/predict" in paths:
-            paths["/predict"]["post"]["requestBody"] = _request_body(default)
-        template = paths.pop("/models/{name}/predict", None) if models else None
+        paths = schema.setdefault("paths", {})
+        models = {n: s.serving.manifest for n, s in ctx.registry.states().items() if s.serving is not None}
+        default = ctx.settings.default_model
+        paths["/predict"] = {
+            "post": _predict_operation(
+                "predict_default", f"Predict with the default model ({default})", models.get(default)
+            )
+        }
+        if not models:
+            generic = _predict_operation("predict_model", "Predict with a named model", None)
+            generic["parameters"] = [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                LEVEL_PARAMETER,
+            ]
+            paths["/models/{name}/predict"] = {"post": generic}
         for name, manifest in sorted(models.items()):
-            if template is None:
-                break
-            operation = {**template["post"], "requestBody": _request_body(manifest)}
-            operation["operationId"] = f"predict_{name}"
-            operation["summary"] = f"Predict with {name} {manifest.version}"
-            operation["parameters"] = [p for p in operation.get("parameters", []) if p.get("name") != "name"]
-            paths[f"/models/{name}/predict"] = {"post": operation}
+            summary = f"Predict with {name} {manifest.version}"
+            paths[f"/models/{name}/predict"] = {"post": _predict_operation(f"predict_{name}", summary, manifest)}
         if ctx.started:
             app.openapi_schema = schema
         return schema

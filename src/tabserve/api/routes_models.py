@@ -1,49 +1,20 @@
-"""The simple API: predict (default and per model), model metadata, drift, and feedback."""
+"""Model metadata, drift and feedback routes (predict lives in ``routes_predict``: the hot path)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from tabserve.api.body import read_json
-from tabserve.api.context import AppContext, ContextDep
+from tabserve.api.context import ContextDep
 from tabserve.api.metadata import model_summary, version_document
 from tabserve.artifacts import list_versions, model_dir, verify_model_dir
 from tabserve.errors import ModelNotFoundError, ServiceUnavailableError
 
-router = APIRouter(tags=["predict"])
-
-LevelQuery = Annotated[
-    str | None, Query(description="Confidence level of the interval / prediction set (see the model's levels)")
-]
-
-PREDICT_DOC = (
-    'One instance as a JSON object, or a batch as `{"instances": [...]}`. Numbers in the canonical unit, or '
-    '`{"value": x, "unit": "..."}`. Returns the prediction with its conformal interval (regression) or '
-    "probabilities and prediction set (classification), warnings and the out-of-distribution flag."
-)
-
-
-async def _predict(ctx: AppContext, request: Request, name: str, level: str | None) -> Response:
-    body = await read_json(request, ctx.settings.max_body_bytes)
-    state: dict[str, Any] = request.scope["state"]
-    result = ctx.service.predict(name, body, request_id=state["request_id"], level=level, info=state)
-    return Response(orjson.dumps(result), media_type="application/json")
-
-
-@router.post("/predict", summary="Predict with the default model (co2)", description=PREDICT_DOC)
-async def predict_default(request: Request, ctx: ContextDep, level: LevelQuery = None) -> Response:
-    return await _predict(ctx, request, ctx.settings.default_model, level)
-
-
-@router.post("/models/{name}/predict", summary="Predict with a named model", description=PREDICT_DOC)
-async def predict_model(name: str, request: Request, ctx: ContextDep, level: LevelQuery = None) -> Response:
-    return await _predict(ctx, request, name, level)
+router = APIRouter(tags=["models"])
 
 
 @router.get("/models", summary="Models served and their versions")
