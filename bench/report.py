@@ -24,6 +24,7 @@ COLD_START_S = 1.0
 RSS_MB = 120.0
 OVERLOAD_P99_FACTOR = 5.0
 MEMORY_FLAT_SHARE = 0.10
+OVERLOAD_MIN_GOODPUT = 0.5  # admitted req/s under overload vs the reference: shedding must not starve the worker
 
 
 @dataclass(frozen=True)
@@ -183,12 +184,20 @@ def overload_checks(overload: dict[str, Any] | None) -> list[Check]:
     peak = max([*samples, rss_after or 0.0]) if rss_after is not None else None
     growth = None if rss_before is None or peak is None else (peak - rss_before) / rss_before
     factor = over["connections"] // max(overload["reference"]["connections"], 1)
+    ref_rps = float(overload["reference"]["ok_rps"])
+    goodput = float(over["ok_rps"]) / ref_rps if ref_rps > 0 else 0.0
     return [
         Check(
             f"overload ×{factor}: admitted p99 (upper bound)",
             f"≤ 5 × {ref:.3f} ms",
             _fmt(admitted, 3, " ms"),
             _verdict(_le(admitted, bound)),
+        ),
+        Check(
+            "overload: admitted req/s (goodput) vs reference",
+            f"≥ {OVERLOAD_MIN_GOODPUT:.0%}",
+            f"{over['ok_rps']:,.0f} of {overload['reference']['ok_rps']:,.0f} req/s ({goodput:.1%})",
+            _verdict(goodput >= OVERLOAD_MIN_GOODPUT),
         ),
         Check(
             "overload: the rest are fast 503s",

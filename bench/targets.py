@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.procs import free_ports
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "bench" / ".work"
 MAIN_BIN = REPO / ".venv" / "bin"
@@ -96,11 +98,18 @@ def _mlserver_argv(_port: int) -> list[str]:
     return [str(MLSERVER_BIN / "mlserver"), "start", str(WORK / "mlserver")]
 
 
+def _two_other_ports(port: int) -> tuple[int, int]:
+    """Two free ports other than ``port`` (MLServer also listens for gRPC and metrics)."""
+    others = [p for p in free_ports(3) if p != port]
+    return others[0], others[1]
+
+
 def _mlserver_prepare(port: int) -> None:
     """Write MLServer's settings.json (ports) and the co2 model-settings.json beside the trained pipeline."""
     root = WORK / "mlserver"
     (root / "co2").mkdir(parents=True, exist_ok=True)
-    settings = {"host": "127.0.0.1", "http_port": port, "grpc_port": port + 1, "metrics_port": port + 2}
+    grpc_port, metrics_port = _two_other_ports(port)
+    settings = {"host": "127.0.0.1", "http_port": port, "grpc_port": grpc_port, "metrics_port": metrics_port}
     (root / "settings.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     model = {
         "name": "co2",

@@ -171,7 +171,12 @@ def test_overload_checks_pass_with_fast_503s_and_bounded_admitted_p99() -> None:
 
 def test_overload_checks_fail_on_slow_admitted_other_status_and_growth() -> None:
     checks = report.overload_checks(overload_fixture(12_000, {"200": 90_000, "500": 5}, 100.0))
-    assert [c.status for c in checks] == ["fail", "fail", "pass", "fail"]
+    assert [c.status for c in checks] == ["fail", "pass", "fail", "pass", "fail"]
+
+
+def test_overload_checks_fail_when_shedding_starves_admitted_requests() -> None:
+    checks = by_name(report.overload_checks(overload_fixture(8000, {"200": 20, "503": 150_000}, 80.0)))
+    assert checks["overload: admitted req/s (goodput) vs reference"].status == "fail"
 
 
 def test_sigterm_checks_require_zero_failures_and_clean_exit() -> None:
