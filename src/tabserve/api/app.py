@@ -24,7 +24,7 @@ from tabserve.api.routes_admin import router as admin_router
 from tabserve.api.routes_health import router as health_router
 from tabserve.api.routes_models import router as models_router
 from tabserve.api.routes_oip import router as oip_router
-from tabserve.api.routes_predict import ROUTES as PREDICT_ROUTES
+from tabserve.api.routes_predict import PredictFastPath
 from tabserve.config import Settings
 from tabserve.errors import TabserveError
 from tabserve.observability.drift import DriftMonitor
@@ -93,11 +93,17 @@ def create_app(settings: Settings | None = None, *, metrics: ServiceMetrics | No
     app.add_exception_handler(FastAPIValidationError, problems.fastapi_validation_handler)
     app.add_exception_handler(StarletteHTTPException, problems.http_error_handler)
     app.add_exception_handler(Exception, problems.unexpected_error_handler)
-    app.router.routes.extend(PREDICT_ROUTES)
     for router in (health_router, models_router, admin_router, oip_router):
         app.include_router(router)
     app.add_middleware(
+        PredictFastPath,
+        service=service,
+        default_model=settings.default_model,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    app.add_middleware(  # added last = outermost: it wraps the fast path too
         RequestEnvelope,
+        max_body_bytes=settings.max_body_bytes,
         metrics=metrics,
         access_log=AccessLog(logger, settings.access_log),
         tracing=tracing,

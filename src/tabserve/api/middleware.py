@@ -16,7 +16,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tabserve.api.problems import PROBLEM_JSON, problem_document
-from tabserve.errors import OverloadedError, RateLimitedError, TabserveError
+from tabserve.errors import OverloadedError, PayloadTooLargeError, RateLimitedError, TabserveError
 from tabserve.observability.logging import AccessLog, bind_request, new_request_id, reset_request, trace_from_headers
 from tabserve.observability.metrics import ServiceMetrics
 from tabserve.observability.tracing import Tracing
@@ -103,8 +103,10 @@ class RequestEnvelope:
         tracing: Tracing,
         admission: Admission,
         limiter: RateLimiter | None,
+        max_body_bytes: int,
     ) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
         self.metrics = metrics
         self.access_log = access_log
         self.tracing = tracing
@@ -140,9 +142,11 @@ class RequestEnvelope:
                     self.admission.admit()
                     if self.limiter is not None:
                         self.limiter.check(self._client_key(scope, headers), time.monotonic())
+                    self._check_declared_size(headers)
                 except TabserveError as exc:
-                    self.metrics.rejected("overload" if isinstance(exc, OverloadedError) else "rate_limit")
-                    await self._refuse(exc, request_id, send_with_id)
+                    if isinstance(exc, OverloadedError | RateLimitedError):
+                        self.metrics.rejected("overload" if isinstance(exc, OverloadedError) else "rate_limit")
+                    await self._refuse(exc, request_id, send_with_id, oip=path.startswith("/v2/"))
                     return
             self.metrics.in_flight_inc()
             try:
@@ -174,6 +178,12 @@ class RequestEnvelope:
                 )
             reset_request(token)
 
+    def _check_declared_size(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """Refuse a body whose Content-Length is over the limit before anything reads it (every route)."""
+        declared = _header(headers, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise PayloadTooLargeError(f"body of {declared} bytes is over the limit of {self.max_body_bytes} bytes")
+
     @staticmethod
     def _client_key(scope: Scope, headers: list[tuple[bytes, bytes]]) -> str:
         key = _header(headers, b"x-api-key")
@@ -183,15 +193,17 @@ class RequestEnvelope:
         return "addr:" + (client[0] if client else "unknown")
 
     @staticmethod
-    async def _refuse(exc: TabserveError, request_id: str, send: Send) -> None:
-        body = problem_document(exc.status, exc.title, exc.detail, exc.slug)
-        body["request_id"] = request_id
-        retry = getattr(exc, "retry_after_s", 1)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": exc.status,
-                "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"retry-after", str(retry).encode())],
-            }
-        )
+    async def _refuse(exc: TabserveError, request_id: str, send: Send, *, oip: bool) -> None:
+        """Answer before the app runs: problem+json, or ``{"error"}`` on Open Inference Protocol routes."""
+        if oip:
+            body: dict[str, Any] = {"error": exc.detail}
+            headers = [(b"content-type", b"application/json")]
+        else:
+            body = problem_document(exc.status, exc.title, exc.detail, exc.slug)
+            body["request_id"] = request_id
+            headers = [(b"content-type", PROBLEM_JSON.encode())]
+        retry = getattr(exc, "retry_after_s", None)
+        if retry is not None:
+            headers.append((b"retry-after", str(retry).encode()))
+        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
         await send({"type": "http.response.body", "body": orjson.dumps(body)})

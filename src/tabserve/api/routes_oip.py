@@ -119,7 +119,7 @@ async def get_model_ready(name: str, ctx: ContextDep, version: str | None = None
 async def infer(name: str, request: Request, ctx: ContextDep, version: str | None = None) -> Response:
     state: dict[str, Any] = request.scope["state"]
     try:
-        raw = await read_body(request, ctx.settings.max_body_bytes)
+        raw = await read_body(request.receive, request.headers.get("content-length"), ctx.settings.max_body_bytes)
         header, blobs = _split_binary(raw, request.headers.get("inference-header-content-length"))
         document = parse_json(header)
         if type(document) is not dict:
