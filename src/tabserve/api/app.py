@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError as FastAPIValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tabserve import __version__
 from tabserve.api import problems
@@ -56,7 +57,7 @@ def _registry_listener(ctx_holder: list[AppContext]) -> object:
     return on_change
 
 
-def create_app(settings: Settings | None = None, *, metrics: ServiceMetrics | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, metrics: ServiceMetrics | None = None) -> ServiceApp:
     """A fully isolated app: its own registry, metrics registry, logger, tracer, drift windows and log."""
     settings = settings or Settings()
     holder: list[AppContext] = []
@@ -95,14 +96,12 @@ def create_app(settings: Settings | None = None, *, metrics: ServiceMetrics | No
     app.add_exception_handler(Exception, problems.unexpected_error_handler)
     for router in (health_router, models_router, admin_router, oip_router):
         app.include_router(router)
-    app.add_middleware(
-        PredictFastPath,
-        service=service,
-        default_model=settings.default_model,
-        max_body_bytes=settings.max_body_bytes,
+    install_openapi(app)
+    fast = PredictFastPath(
+        app, service=service, default_model=settings.default_model, max_body_bytes=settings.max_body_bytes
     )
-    app.add_middleware(  # added last = outermost: it wraps the fast path too
-        RequestEnvelope,
+    envelope = RequestEnvelope(
+        fast,
         max_body_bytes=settings.max_body_bytes,
         metrics=metrics,
         access_log=AccessLog(logger, settings.access_log),
@@ -110,8 +109,23 @@ def create_app(settings: Settings | None = None, *, metrics: ServiceMetrics | No
         admission=admission,
         limiter=RateLimiter(settings.rate_limit, settings.rate_limit_burst) if settings.rate_limit else None,
     )
-    install_openapi(app)
-    return app
+    return ServiceApp(app, envelope)
+
+
+class ServiceApp:
+    """The ASGI app that is served: the request envelope and the predict fast path in front of FastAPI.
+
+    Outside FastAPI's own middleware on purpose: the envelope (request id, admission, metrics, access log)
+    covers every route once, and the two predict routes skip the framework's layers entirely.
+    """
+
+    def __init__(self, api: FastAPI, handler: ASGIApp) -> None:
+        self.api = api
+        self.state = api.state
+        self._handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._handler(scope, receive, send)
 
 
 @asynccontextmanager
