@@ -7,6 +7,7 @@
 # ---- runtime-root: the Python base without pip/setuptools/ensurepip, docs (licences stay) and glibc's iconv
 # modules (Python has its own codecs). Nothing installs at run time. dpkg's database stays for image scanners.
 FROM python:3.12-slim AS runtime-root
+LABEL io.tabserve.build-stage=runtime-root
 RUN rm -rf /usr/local/lib/python3*/site-packages/pip* /usr/local/lib/python3*/site-packages/setuptools* \
       /usr/local/lib/python3*/site-packages/wheel* /usr/local/lib/python3*/site-packages/_distutils_hack \
       /usr/local/lib/python3*/ensurepip /usr/local/bin/pip* \
@@ -21,6 +22,7 @@ RUN rm -rf /usr/local/lib/python3*/site-packages/pip* /usr/local/lib/python3*/si
 
 # ---- deps: the serving virtualenv from the locked, hashed requirements/serve.txt (wheels only)
 FROM python:3.12-slim AS deps
+LABEL io.tabserve.build-stage=deps
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 # binutils (strip) lives in this stage only; DL3008: Debian's stable security updates are wanted, not pins
 # hadolint ignore=DL3008
@@ -37,6 +39,7 @@ RUN sh /tmp/slim-venv.sh /opt/venv \
 
 # ---- build: the project wheel (locked build backend, no build isolation), installed --no-deps into /opt/app
 FROM python:3.12-slim AS build
+LABEL io.tabserve.build-stage=build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 COPY deploy/build-requirements.txt /tmp/build-requirements.txt
 RUN python -m venv /opt/buildenv \
@@ -49,6 +52,9 @@ RUN /opt/buildenv/bin/pip wheel --no-deps --no-build-isolation -w /dist /src \
 
 # ---- final: flattened runtime root + venv + models + app; verified while building
 FROM scratch
+LABEL org.opencontainers.image.title=tabserve \
+      org.opencontainers.image.description="tabserve inference service: ONNX tabular models with calibrated confidence" \
+      org.opencontainers.image.licenses=MIT
 # DL3067: copying the trimmed root is the point: deleting files in a layer above the base would not shrink
 # the image (~31 MB of installers the server never runs). The stage is cached until the base image changes.
 # hadolint ignore=DL3067
