@@ -16,7 +16,7 @@ sp=$(find "$venv/lib" -maxdepth 2 -type d -name site-packages | head -n 1)
 rm -rf "$sp"/pip "$sp"/pip-* "$sp"/setuptools "$sp"/setuptools-* "$sp"/_distutils_hack "$sp"/distutils-precedence.pth
 rm -f "$venv"/bin/pip "$venv"/bin/pip3* "$venv"/bin/Activate.ps1
 # test suites and test-only extension modules
-find "$sp" -depth -type d -name tests -path '*/numpy/*' -exec rm -rf {} +
+find "$sp" -depth -type d -name tests -exec rm -rf {} +
 rm -f "$sp"/numpy/_core/_*_tests.cpython-*.so "$sp"/numpy/_core/_simd.cpython-*.so
 rm -rf "$sp/numpy/f2py" "$sp/numpy/distutils" "$sp/numpy/_pyinstaller" "$sp/numpy/_core/include" "$sp/numpy/conftest.py"
 # onnxruntime: keep the inference binding, drop the tool kits and the unused C-API shared library
