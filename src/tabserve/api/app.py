@@ -57,7 +57,9 @@ def _registry_listener(ctx_holder: list[AppContext]) -> object:
     return on_change
 
 
-def create_app(settings: Settings | None = None, *, metrics: ServiceMetrics | None = None) -> ServiceApp:
+def create_app(
+    settings: Settings | None = None, *, metrics: ServiceMetrics | None = None, tracing: Tracing | None = None
+) -> ServiceApp:
     """A fully isolated app: its own registry, metrics registry, logger, tracer, drift windows and log."""
     settings = settings or Settings()
     holder: list[AppContext] = []
@@ -72,7 +74,7 @@ def create_app(settings: Settings | None = None, *, metrics: ServiceMetrics | No
     metrics = metrics or ServiceMetrics(settings.prometheus_multiproc_dir)
     drift = DriftMonitor(settings.drift_window, observer=metrics.drift)
     logger = configure_logging(settings.log_format, settings.log_level, settings.google_cloud_project or None)
-    tracing = Tracing.create(settings.otlp_endpoint or None, "tabserve")
+    tracing = tracing or Tracing.create(settings.otlp_endpoint or None, "tabserve")
     log: PredictionLog | None = None
     if settings.prediction_log:
         store = open_store(settings.store_url.get_secret_value(), settings.data_dir)

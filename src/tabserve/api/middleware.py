@@ -17,7 +17,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tabserve.api.problems import PROBLEM_JSON, problem_document
 from tabserve.errors import OverloadedError, PayloadTooLargeError, RateLimitedError, TabserveError
-from tabserve.observability.logging import AccessLog, bind_request, new_request_id, reset_request, trace_from_headers
+from tabserve.observability.logging import (
+    AccessLog,
+    bind_request,
+    new_request_id,
+    reset_request,
+    set_trace,
+    trace_from_headers,
+)
 from tabserve.observability.metrics import ServiceMetrics
 from tabserve.observability.tracing import Tracing
 
@@ -150,7 +157,9 @@ class RequestEnvelope:
                     return
             self.metrics.in_flight_inc()
             try:
-                with self.tracing.request_span(f"{scope['method']} {path}", traceparent, request_id=request_id):
+                if self.tracing.enabled:
+                    await self._traced(scope, receive, send_with_id, traceparent, request_id, state)
+                else:
                     await self.app(scope, receive, send_with_id)
             finally:
                 self.metrics.in_flight_dec()
@@ -177,6 +186,27 @@ class RequestEnvelope:
                     inference_ms=round(timings.inference * 1000.0, 3) if timings else None,
                 )
             reset_request(token)
+
+    async def _traced(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        traceparent: str | None,
+        request_id: str,
+        state: dict[str, Any],
+    ) -> None:
+        """The request span (continuing the caller's trace), its stage spans, and log correlation."""
+        tracing = self.tracing
+        with tracing.request_span(f"{scope['method']} {scope['path']}", traceparent, request_id=request_id):
+            ids = tracing.current_ids()
+            if ids is not None:
+                set_trace(*ids)
+            await self.app(scope, receive, send)
+            timings = state.get("timings")
+            if timings is not None:
+                tracing.set_attributes(model=state.get("model", ""), rows=state.get("rows", 0))
+                tracing.stage_spans(timings.started_ns, timings.stages())
 
     def _check_declared_size(self, headers: list[tuple[bytes, bytes]]) -> None:
         """Refuse a body whose Content-Length is over the limit before anything reads it (every route)."""

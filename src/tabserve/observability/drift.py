@@ -138,7 +138,9 @@ class _Category:
 
 def _histograms_of(source: Manifest | Mapping[str, Any]) -> dict[str, Histogram]:
     if isinstance(source, Manifest):
-        return dict(source.reference_histograms)
+        # free text (e.g. a vehicle's model name) has thousands of values: no stable PSI, so not monitored
+        text = {spec.name for spec in source.inputs if spec.type == "text"}
+        return {k: v for k, v in source.reference_histograms.items() if k not in text}
     raw = source.get("reference_histograms", source) if isinstance(source, Mapping) else source
     return _HISTOGRAMS.validate_python(dict(raw))
 

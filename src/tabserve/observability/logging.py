@@ -131,6 +131,14 @@ def set_model(model: str, version: str) -> None:
         ctx.model_version = version
 
 
+def set_trace(trace_id: str, span_id: str) -> None:
+    """Log under the server's own span (tracing on): its trace id (the caller's, when one was sent) and span."""
+    ctx = _CONTEXT.get()
+    if ctx is not None:
+        ctx.trace_id = trace_id
+        ctx.span_id = span_id
+
+
 def set_span(span_id: str | None) -> None:
     """Log under the server's own span (from tracing) instead of the caller's."""
     ctx = _CONTEXT.get()

@@ -95,6 +95,18 @@ class Tracing:
         ) as span:
             yield span
 
+    def stage_spans(self, started_ns: int, stages: list[tuple[str, float]]) -> None:
+        """Children of the current span for consecutive stages measured by the service: (name, seconds)
+        from ``started_ns`` (wall clock). Recorded after the fact, so the hot path pays nothing for them."""
+        if self._tracer is None:
+            return
+        at = started_ns
+        for name, seconds in stages:
+            end = at + int(seconds * 1e9)
+            span = self._tracer.start_span(name, start_time=at)
+            span.end(end_time=end)
+            at = end
+
     def current_ids(self) -> tuple[str, str] | None:
         """(trace id, span id) of the current recording span in hex, for log correlation; None if none."""
         if self._tracer is None:

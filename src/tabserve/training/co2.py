@@ -154,7 +154,7 @@ def _reference_histograms(train: pd.DataFrame) -> dict[str, Any]:
         elif name in CATEGORY_INPUTS:
             histograms[name] = category_shares(values[name])
         else:  # model (text): shares of its first word, the 50 most common, the rest as "(other)"
-            first = [min(text_tokens(v) or {"(none)"}, key=v.upper().find) for v in values[name]]
+            first = [min(text_tokens(v) or {"(none)"}, key=lambda w, v=v: (v.upper().find(w), w)) for v in values[name]]
             common = set(pd.Series(first).value_counts().index[:50])
             histograms[name] = category_shares([w if w in common else "(other)" for w in first])
     return histograms

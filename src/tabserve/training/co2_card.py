@@ -196,6 +196,9 @@ def write_card_and_plots(
         )
     specs = metrics["temporal"]["model"]["000"]
     full = metrics["temporal"]["model"]["111"]
+    test_coverage = metrics["coverage_temporal_test"]
+    cov90_low, cov90_high = (f(test_coverage[p]["0.9"]["coverage"] for p in ALL_PATTERNS) for f in (min, max))
+    cov95_low, cov95_high = (f(test_coverage[p]["0.95"]["coverage"] for p in ALL_PATTERNS) for f in (min, max))
     card = ModelCard(
         title="co2 1 — vehicle CO₂ emissions (g/km)",
         summary=(
@@ -240,10 +243,15 @@ def write_card_and_plots(
                 "Coverage is marginal per pattern, not per vehicle class or make; rare makes and classes get wider "
                 "real errors than the interval suggests.",
                 "Hybrids and natural-gas vehicles are rare in training; natural gas has under 40 rows.",
-                "The 90 % intervals UNDER-cover on 2019–2020 (0.87–0.88 per pattern, target 0.88–0.92) although "
-                "they were horizon-matched: the test years drift further (E85 factor still rising, more new models, "
-                "more efficient vehicles) than 2018 did. Read the 90 % interval as ≈ 87 %, or use the 95 % level "
-                "(≈ 0.92–0.94 on test).",
+                f"The 90 % intervals UNDER-cover on 2019–2020 ({cov90_low:.3f}–{cov90_high:.3f} per pattern, target "
+                "0.88–0.92) although they were horizon-matched. With the combined figure the misses are mostly "
+                "premium-gasoline (Z) and E85 rows: the Z spread widened and the E85 factor kept rising (≈ 16.52 → "
+                "16.64) after 2018, and 2018 happens to be the tightest year of the regime (physics |error| 90 % "
+                "quantile ≈ 2.0 g/km, vs ≈ 2.2 in 2017 and ≈ 2.3 in 2019–2020). A single calibration year cannot "
+                "promise better than that: the same design backtested on the stable 1995–2015 factor regime (13 "
+                "windows, sibling ≤ T−1 calibrated on T+1, model ≤ T checked on T+2..T+3) covers 0.864–0.933 at 90 "
+                "% (mean 0.896) with absolute scores and 0.850–0.931 (mean 0.885) with relative ones. Read the 90 % "
+                f"interval as ≈ 87 %, or use the 95 % level ({cov95_low:.3f}–{cov95_high:.3f} on test).",
                 "The shipped model is trained on 1995–2017 only so that its metrics describe itself; 2018 is the "
                 "calibration split and 2019–2020 the test split.",
             ]
