@@ -253,3 +253,13 @@ def test_dashboard_queries_parse_when_checked_by_promtool(tmp_path: Path) -> Non
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}), encoding="utf-8")
     result = subprocess.run([str(PROMTOOL), "check", "rules", str(path)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "script",
+    ["deploy/container-test.sh", "deploy/cloudrun/bluegreen.sh", "deploy/measure-build.sh", "deploy/slim-venv.sh"],
+)
+def test_deploy_script_parses_when_checked_by_bash(script: str) -> None:
+    result = subprocess.run(["bash", "-n", str(REPO / script)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert (REPO / script).read_text(encoding="utf-8").startswith("#!/bin/")
