@@ -163,7 +163,9 @@ def test_committed_metrics_meet_accuracy_targets(verified: VerifiedModel) -> Non
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known: 2019–2020 drift (E85 factor, new models) leaves some patterns at 0.86–0.88 (see MODEL_CARD)",
+    reason="known: 90 % coverage on 2019–2020 is 0.866–0.877 per pattern. The only calibration year held out "
+    "from the shipped ≤ 2017 model (2018) is the regime's tightest; Z/E85 rows drift after it. Backtests on "
+    "pre-test years pick absolute scores and show ±0.03 year-to-year spread (see MODEL_CARD Limitations)",
 )
 def test_committed_coverage_at_90_within_target_every_pattern(verified: VerifiedModel) -> None:
     coverage = verified.manifest.metrics["coverage_temporal_test"]
