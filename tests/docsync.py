@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden"
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(<!-- golden:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /golden -->)", re.S)
+METRICS = re.compile(r"(<!-- model-metrics:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /model-metrics -->)", re.S)
 SETTINGS = re.compile(r"(<!-- settings-table:start -->\n)(?P<body>.*?)(<!-- settings-table:end -->)", re.S)
 
 
@@ -68,6 +69,82 @@ def render(example: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def render_metrics(name: str) -> str:
+    """Metrics tables of a committed model, straight from its manifest (so the docs cannot drift)."""
+    manifest = json.loads((REPO / "models" / name / "1.0.0" / "manifest.json").read_text(encoding="utf-8"))
+    metrics, names = manifest["metrics"], manifest["conformal"]["pattern_names"]
+    levels = [f"{lv:g}" for lv in manifest["conformal"]["levels"]]
+    if name == "co2":
+        temporal, grouped, coverage = metrics["temporal"], metrics["grouped"], metrics["coverage_temporal_test"]
+        rows = []
+        for key in sorted(names, reverse=True):
+            m = temporal["model"][key]
+            rows.append([f"`{key}` {names[key]}", f"{m['mae']:.2f}", f"{m['rmse']:.2f}", f"{m['r2']:.4f}"])
+        for label, m in (
+            ("physics baseline (comb × fuel factor)", temporal["physics"]),
+            ("naive (training mean)", temporal["naive"]),
+        ):
+            rows.append([label, f"{m['mae']:.2f}", f"{m['rmse']:.2f}", f"{m['r2']:.4f}"])
+        out = [
+            f"Temporal split — {temporal['description']}.",
+            "",
+            _table(["inputs given", "MAE g/km", "RMSE", "R²"], rows),
+        ]
+        grows = []
+        for key in ("111", "000"):
+            m = grouped["model"][key]
+            grows.append([f"`{key}` {names[key]}", f"{m['mae']:.2f}", f"{m['rmse']:.2f}", f"{m['r2']:.4f}"])
+        for label, m in (("physics baseline", grouped["physics"]), ("naive", grouped["naive"])):
+            grows.append([label, f"{m['mae']:.2f}", f"{m['rmse']:.2f}", f"{m['r2']:.4f}"])
+        out += [
+            "",
+            f"Grouped split — {grouped['description']}",
+            "",
+            _table(["inputs given", "MAE g/km", "RMSE", "R²"], grows),
+        ]
+        crows = [
+            [
+                f"`{key}` {names[key]}",
+                *(f"{coverage[key][lv]['coverage']:.3f}" for lv in levels),
+                f"{coverage[key]['0.9']['mean_width']:.1f}",
+            ]
+            for key in sorted(names, reverse=True)
+        ]
+        out += [
+            "",
+            "Empirical coverage of the conformal intervals on the temporal test split:",
+            "",
+            _table(["inputs given", *levels, "90% width g/km"], crows),
+        ]
+        return "\n".join(out) + "\n"
+    test = metrics["test"]
+    rows = [
+        [
+            f"`{key}` {entry['name']}",
+            str(entry["rows"]),
+            f"{entry['accuracy']:.3f}",
+            f"{entry['log_loss']:.4f}",
+            f"{entry['ece']:.4f}",
+            *(f"{entry['lac_coverage'][lv]:.2f}" for lv in levels),
+        ]
+        for key, entry in sorted(test.items(), reverse=True)
+    ]
+    header = [
+        "inputs given",
+        "rows",
+        "accuracy",
+        "log loss",
+        f"ECE ({metrics['ece_bins']} bins)",
+        *(f"raw LAC coverage {lv}" for lv in levels),
+    ]
+    return _table(header, rows) + "\n"
+
+
 def render_docs(text: str, examples: dict[str, dict[str, Any]]) -> str:
     from tabserve.config import settings_table
 
@@ -78,6 +155,7 @@ def render_docs(text: str, examples: dict[str, dict[str, Any]]) -> str:
         return match.group(1) + render(examples[name]) + match.group(4)
 
     text = BLOCK.sub(golden, text)
+    text = METRICS.sub(lambda m: m.group(1) + render_metrics(m.group("name")) + m.group(4), text)
     return SETTINGS.sub(lambda m: m.group(1) + settings_table() + "\n" + m.group(3), text)
 
 
