@@ -295,7 +295,8 @@ def render_markdown(results: dict[str, Any], checks: list[Check]) -> str:
     )
     out.append(
         f"Load average before / after: {meta.get('loadavg_before', '?')} / {meta.get('loadavg_after', '?')} "
-        f"(the run is only meaningful on an otherwise idle machine).  "
+        "(the bench itself keeps both cores busy, so 'after' includes about 2 of its own; 'before' shows whether "
+        "anything else was running).  "
     )
     out += ["", "## Side by side (same request: the co2 example vehicle, all fields)", ""]
     out += [markdown_table(main_table(results)), ""]
