@@ -148,12 +148,31 @@ def test_unknown_route_gets_problem_json(client: TestClient) -> None:
 
 def test_overload_gets_fast_503_with_retry_after(make_client: Any) -> None:
     limited = make_client(max_in_flight=1)
-    limited.app.state.ctx.admission.limit = -1  # every request counts as over the bound
-    limited.app.state.ctx.admission.baseline = -(10**6)
+    limited.app.state.ctx.admission.in_flight += 1  # as if another request were held by the worker
     response = limited.post("/predict", json=CO2)
     body = problem(response, 503)
-    assert response.headers["retry-after"] == "1" and "in flight" in body["detail"]
+    assert response.headers["retry-after"] == "1"
+    assert "in flight" in body["detail"]
     assert limited.get("/health").status_code == 200  # probes are never refused
+    limited.app.state.ctx.admission.in_flight -= 1
+    assert limited.post("/predict", json=CO2).status_code == 200
+
+
+def test_request_that_waited_too_long_is_shed() -> None:
+    import contextvars
+    import time
+
+    from tabserve.api.middleware import _ENQUEUED, Admission
+    from tabserve.errors import OverloadedError
+
+    admission = Admission(limit=0, max_queue_s=0.025)
+    context = contextvars.copy_context()
+    now = time.perf_counter()
+    context.run(_ENQUEUED.set, now - 0.010)
+    context.run(admission.admit, now)  # waited 10 ms: admitted
+    context.run(_ENQUEUED.set, now - 0.050)
+    with pytest.raises(OverloadedError, match="waited 50 ms"):
+        context.run(admission.admit, now)
 
 
 def test_rate_limit_gets_429_with_retry_after(make_client: Any) -> None:

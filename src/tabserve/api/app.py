@@ -80,7 +80,7 @@ def create_app(
         store = open_store(settings.store_url.get_secret_value(), settings.data_dir)
         log = PredictionLog(store, spill_path=settings.data_dir / SPILL_FILE, observer=metrics.store_metrics())
     service = PredictionService(registry, max_batch=settings.max_batch, hooks=PredictionObserver(metrics, drift, log))
-    admission = Admission(settings.max_in_flight)
+    admission = Admission(settings.max_in_flight, settings.max_queue_ms / 1000.0)
     ctx = AppContext(settings, registry, service, metrics, drift, tracing, logger, admission, log)
     holder.append(ctx)
 

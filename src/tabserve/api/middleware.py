@@ -7,6 +7,7 @@ Pure ASGI (not ``BaseHTTPMiddleware``): it adds a few microseconds, not a task a
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import time
 from collections import OrderedDict
@@ -33,37 +34,47 @@ EXEMPT_PATHS = frozenset({"/health", "/ready", "/metrics", "/v2/health/live", "/
 MAX_REQUEST_ID = 128
 
 
-class Admission:
-    """Bounds the requests a worker holds at once, counting those still waiting for the event loop.
+_ENQUEUED: contextvars.ContextVar[float] = contextvars.ContextVar("tabserve_enqueued_at")
 
-    uvicorn makes every request an asyncio task as soon as it has parsed the headers, so the number of live
-    tasks (less the server's own) is the number of requests in flight *and queued*. ``install`` puts a
-    counting task factory on the running loop (public asyncio API, O(1) per task); beyond ``limit`` a request
-    is refused at once with 503 + Retry-After instead of waiting behind the others.
+
+class Admission:
+    """Refuses work a worker cannot do in time, at once, instead of queueing without bound.
+
+    Two bounds, both checked when a request reaches the app: the requests admitted and not yet finished
+    (``limit``), and how long the request waited for the event loop since uvicorn parsed its headers
+    (``max_queue_s``). The wait is measured exactly: ``install`` puts a task factory on the loop (public asyncio
+    API) that stamps each request's task with its creation time. Under overload the oldest queued requests are
+    refused with a fast 503 + Retry-After, and those admitted keep a bounded latency (CoDel-style shedding).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_queue_s: float) -> None:
         self.limit = limit
-        self.live = 0
+        self.max_queue_s = max_queue_s
+        self.in_flight = 0
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Called at start-up, on the serving loop, when only the server's own tasks exist."""
+        """Called at start-up, on the serving loop."""
         previous = loop.get_task_factory()
 
-        def _done(_: asyncio.Future[Any]) -> None:
-            self.live -= 1
-
         def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future[Any]:
-            task = previous(loop, coro, **kwargs) if previous else asyncio.Task(coro, loop=loop, **kwargs)
-            self.live += 1
-            task.add_done_callback(_done)
-            return task
+            context = kwargs.pop("context", None) or contextvars.copy_context()
+            context.run(_ENQUEUED.set, time.perf_counter())
+            if previous is not None:
+                return previous(loop, coro, context=context, **kwargs)  # type: ignore[call-arg]
+            return asyncio.Task(coro, loop=loop, context=context, **kwargs)
 
-        loop.set_task_factory(factory)  # only tasks created from now on (the requests) are counted
+        loop.set_task_factory(factory)
 
-    def admit(self) -> None:
-        if self.limit and self.live > self.limit:
-            raise OverloadedError(f"more than {self.limit} requests in flight on this worker; retry shortly")
+    def admit(self, now: float) -> None:
+        if self.limit and self.in_flight >= self.limit:
+            raise OverloadedError(f"{self.limit} requests already in flight on this worker; retry shortly")
+        if self.max_queue_s:
+            waited = now - _ENQUEUED.get(now)
+            if waited > self.max_queue_s:
+                raise OverloadedError(
+                    f"the request waited {waited * 1000:.0f} ms for this worker (limit "
+                    f"{self.max_queue_s * 1000:.0f} ms); retry shortly"
+                )
 
 
 class RateLimiter:
@@ -143,10 +154,11 @@ class RequestEnvelope:
             await send(message)
 
         path: str = scope["path"]
+        admission = self.admission
         try:
             if path not in EXEMPT_PATHS:
                 try:
-                    self.admission.admit()
+                    self.admission.admit(started)
                     if self.limiter is not None:
                         self.limiter.check(self._client_key(scope, headers), time.monotonic())
                     self._check_declared_size(headers)
@@ -156,12 +168,14 @@ class RequestEnvelope:
                     await self._refuse(exc, request_id, send_with_id, oip=path.startswith("/v2/"))
                     return
             self.metrics.in_flight_inc()
+            admission.in_flight += 1
             try:
                 if self.tracing.enabled:
                     await self._traced(scope, receive, send_with_id, traceparent, request_id, state)
                 else:
                     await self.app(scope, receive, send_with_id)
             finally:
+                admission.in_flight -= 1
                 self.metrics.in_flight_dec()
         finally:
             elapsed = time.perf_counter() - started
