@@ -81,7 +81,9 @@ def test_json_line_carries_cloud_logging_fields_when_request_bound() -> None:
     token = bind_request("req-1", TraceContext(TRACE, SPAN, True))
     try:
         set_model("co2", "1.0.0")
-        AccessLog(logger)("POST", "/predict", 200, 0.42, rows=3, preprocess_ms=0.05, inference_ms=0.1)
+        access = AccessLog(logger)
+        access("POST", "/predict", 200, 0.42, rows=3, preprocess_ms=0.05, inference_ms=0.1)
+        access.flush()  # JSON access lines are written in blocks
     finally:
         reset_request(token)
     logger.warning("after the request")
@@ -127,7 +129,9 @@ def test_level_filters_below_threshold() -> None:
     stream = io.StringIO()
     logger = configure_logging("json", "warning", None, stream=stream)
     logger.info("hidden")
-    AccessLog(logger)("GET", "/health", 200, 0.01)
+    access = AccessLog(logger)
+    access("GET", "/health", 200, 0.01)
+    access.flush()
     log_fields(logger, logging.ERROR, "store down", spilled=4)
     (line,) = _lines(stream)
     assert (line["message"], line["severity"], line["spilled"]) == ("store down", "ERROR", 4)
@@ -139,7 +143,9 @@ def test_text_format_is_human_readable_with_context() -> None:
     logger = configure_logging("text", "INFO", None, stream=stream)
     token = bind_request("req-3")
     set_model("penguins", "1.0.0")
-    AccessLog(logger)("POST", "/models/penguins/predict", 200, 1.5, rows=1)
+    access = AccessLog(logger)
+    access("POST", "/models/penguins/predict", 200, 1.5, rows=1)
+    access.flush()
     reset_request(token)
     text = stream.getvalue()
     assert "INFO" in text
@@ -180,3 +186,16 @@ def test_exception_is_logged_as_field() -> None:
     assert line["severity"] == "ERROR"
     assert "RuntimeError: boom" in str(line["exception"])
     close_logging(logger)
+
+
+def test_json_access_lines_are_buffered_until_flushed_or_due() -> None:
+    stream = io.StringIO()
+    logger = configure_logging("json", "INFO", None, stream=stream)
+    access = AccessLog(logger, flush_interval_s=3600)
+    access("GET", "/health", 200, 0.01)
+    assert stream.getvalue() == ""
+    access.flush()
+    assert json.loads(stream.getvalue())["route"] == "/health"
+    access.max_buffer = 1
+    access("GET", "/ready", 200, 0.01)  # over the buffer size: written at once
+    assert json.loads(stream.getvalue().splitlines()[-1])["route"] == "/ready"

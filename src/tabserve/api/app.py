@@ -81,7 +81,8 @@ def create_app(
         log = PredictionLog(store, spill_path=settings.data_dir / SPILL_FILE, observer=metrics.store_metrics())
     service = PredictionService(registry, max_batch=settings.max_batch, hooks=PredictionObserver(metrics, drift, log))
     admission = Admission(settings.max_in_flight, settings.max_queue_ms / 1000.0)
-    ctx = AppContext(settings, registry, service, metrics, drift, tracing, logger, admission, log)
+    access_log = AccessLog(logger, settings.access_log)
+    ctx = AppContext(settings, registry, service, metrics, drift, tracing, logger, admission, access_log, log)
     holder.append(ctx)
 
     app = FastAPI(
@@ -106,7 +107,7 @@ def create_app(
         fast,
         max_body_bytes=settings.max_body_bytes,
         metrics=metrics,
-        access_log=AccessLog(logger, settings.access_log),
+        access_log=access_log,
         tracing=tracing,
         admission=admission,
         limiter=RateLimiter(settings.rate_limit, settings.rate_limit_burst) if settings.rate_limit else None,
@@ -146,6 +147,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await _close(ctx)
         raise TabserveError(f"cannot serve: {detail}")
     ctx.admission.install(loop)
+    flusher = asyncio.create_task(_flush_access_log(ctx))
     with suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_all(ctx)))
     ctx.started = True
@@ -155,6 +157,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         with suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGHUP)
+        flusher.cancel()
         await _close(ctx)
 
 
@@ -166,7 +169,15 @@ async def _reload_all(ctx: AppContext) -> None:
             continue  # reported by the registry listener; the old version keeps serving
 
 
+async def _flush_access_log(ctx: AppContext) -> None:
+    """Buffered access-log lines reach stdout at most this late, even when traffic stops."""
+    while True:
+        await asyncio.sleep(ctx.access_log.flush_interval_s)
+        ctx.access_log.flush()
+
+
 async def _close(ctx: AppContext) -> None:
+    ctx.access_log.flush()
     if ctx.log is not None:
         clean = await asyncio.to_thread(ctx.log.close, max(1.0, ctx.settings.shutdown_grace_s * 0.5))
         level = 20 if clean else 40

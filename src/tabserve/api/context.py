@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from tabserve.api.middleware import Admission
 from tabserve.config import Settings
 from tabserve.observability.drift import DriftMonitor
+from tabserve.observability.logging import AccessLog
 from tabserve.observability.metrics import ServiceMetrics
 from tabserve.observability.tracing import Tracing
 from tabserve.registry import ModelRegistry
@@ -28,6 +29,7 @@ class AppContext:
     tracing: Tracing
     logger: logging.Logger
     admission: Admission
+    access_log: AccessLog
     log: PredictionLog | None = None
     started: bool = False
 
