@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,80 +39,105 @@ def text_tokens(text: str) -> frozenset[str]:
     return frozenset(_WORD.findall(text.upper()))
 
 
-@dataclass(frozen=True, slots=True)
-class _Column:
-    kind: str
-    input: str
-    codes: Mapping[str, float]
-    unknown: float
-    missing: float
-    value: str
-    tokens: frozenset[str]
-
-
-def _compile(spec: ColumnSpec) -> _Column:
-    if isinstance(spec, NumericColumn):
-        return _Column("numeric", spec.input, {}, _NAN, _NAN, "", frozenset())
-    if isinstance(spec, OrdinalColumn):
-        return _Column("ordinal", spec.input, dict(spec.codes), spec.unknown, spec.missing, "", frozenset())
-    if isinstance(spec, IndicatorColumn):
-        return _Column("indicator", spec.input, {}, 0.0, spec.missing, spec.value, frozenset())
-    if isinstance(spec, TokenColumn):
-        return _Column("token", spec.input, {}, 0.0, spec.missing, "", frozenset(spec.tokens))
-    raise ArtifactError(f"unsupported column kind {spec!r}")
+_HIT_CACHE_MAX = 4096
 
 
 class ColumnEncoder:
-    """Turns normalised instances into the float32 matrix the ONNX graph takes."""
+    """Turns normalised instances into the float32 matrix the ONNX graph takes.
+
+    The manifest's columns are compiled into a plan grouped by kind: numbers and ordinal codes are copied or
+    looked up, one-hot and token columns start at 0.0 and only the columns a value hits are set to 1.0. A text
+    value's hits (the token columns its words switch on) are cached, so a known model name costs one lookup.
+    """
 
     def __init__(self, columns: Sequence[ColumnSpec]) -> None:
-        self._columns = tuple(_compile(spec) for spec in columns)
-        self.width = len(self._columns)
+        self.width = len(columns)
+        self._numeric: list[tuple[int, str]] = []
+        self._ordinal: list[tuple[int, str, dict[str, float], float, float]] = []
+        self._indicator: dict[str, list[tuple[int, str, float]]] = {}
+        self._token_cols: dict[str, list[tuple[int, float]]] = {}
+        self._token_index: dict[str, dict[str, list[int]]] = {}
+        for j, spec in enumerate(columns):
+            if isinstance(spec, NumericColumn):
+                self._numeric.append((j, spec.input))
+            elif isinstance(spec, OrdinalColumn):
+                self._ordinal.append((j, spec.input, dict(spec.codes), spec.unknown, spec.missing))
+            elif isinstance(spec, IndicatorColumn):
+                self._indicator.setdefault(spec.input, []).append((j, spec.value, spec.missing))
+            elif isinstance(spec, TokenColumn):
+                self._token_cols.setdefault(spec.input, []).append((j, spec.missing))
+                index = self._token_index.setdefault(spec.input, {})
+                for token in spec.tokens:
+                    index.setdefault(token.upper(), []).append(j)
+            else:
+                raise ArtifactError(f"unsupported column kind {spec!r}")
+        self._hits: dict[str, dict[str, tuple[int, ...]]] = {name: {} for name in self._token_index}
+
+    def _token_hits(self, name: str, text: str) -> tuple[int, ...]:
+        cache = self._hits[name]
+        hit = cache.get(text)
+        if hit is None:
+            index = self._token_index[name]
+            hit = tuple(sorted({j for word in text_tokens(text) for j in index.get(word, ())}))
+            if len(cache) >= _HIT_CACHE_MAX:
+                cache.clear()
+            cache[text] = hit
+        return hit
 
     def encode_row(self, row: Mapping[str, Any]) -> FloatMatrix:
-        values: list[float] = []
-        append = values.append
-        token_cache: dict[str, frozenset[str]] = {}
-        for col in self._columns:
-            raw = row.get(col.input)
-            if raw is None:
-                append(col.missing)
-            elif col.kind == "numeric":
-                append(raw)
-            elif col.kind == "ordinal":
-                append(col.codes.get(raw, col.unknown))
-            elif col.kind == "indicator":
-                append(1.0 if raw == col.value else 0.0)
+        values = [0.0] * self.width
+        get = row.get
+        for j, name in self._numeric:
+            value = get(name)
+            values[j] = _NAN if value is None else value
+        for j, name, codes, unknown, missing in self._ordinal:
+            value = get(name)
+            values[j] = missing if value is None else codes.get(value, unknown)
+        for name, cols in self._indicator.items():
+            value = get(name)
+            for j, target, missing in cols:
+                if value is None:
+                    values[j] = missing
+                elif value == target:
+                    values[j] = 1.0
+        for name, token_cols in self._token_cols.items():
+            value = get(name)
+            if value is None:
+                for j, missing in token_cols:
+                    values[j] = missing
             else:
-                words = token_cache.get(raw)
-                if words is None:
-                    words = token_cache[raw] = text_tokens(raw)
-                append(1.0 if words & col.tokens else 0.0)
+                for j in self._token_hits(name, value):
+                    values[j] = 1.0
         return np.array([values], dtype=np.float32)
 
     def encode_columns(self, columns: Mapping[str, Sequence[Any]], rows: int) -> FloatMatrix:
         """Batch encoding: ``columns[input]`` holds one value (or None) per row."""
-        out = np.empty((rows, self.width), dtype=np.float32)
-        token_sets: dict[str, list[frozenset[str] | None]] = {}
-        for j, col in enumerate(self._columns):
-            values = columns.get(col.input)
-            if values is None:
-                out[:, j] = col.missing
-                continue
-            if col.kind == "numeric":
-                out[:, j] = [_NAN if v is None else v for v in values]
-            elif col.kind == "ordinal":
-                codes, unknown, absent = col.codes, col.unknown, col.missing
-                out[:, j] = [absent if v is None else codes.get(v, unknown) for v in values]
-            elif col.kind == "indicator":
-                target, absent = col.value, col.missing
-                out[:, j] = [absent if v is None else (1.0 if v == target else 0.0) for v in values]
-            else:
-                words = token_sets.get(col.input)
-                if words is None:
-                    words = token_sets[col.input] = [None if v is None else text_tokens(v) for v in values]
-                tokens, absent = col.tokens, col.missing
-                out[:, j] = [absent if w is None else (1.0 if w & tokens else 0.0) for w in words]
+        out = np.zeros((rows, self.width), dtype=np.float32)
+        absent: Sequence[Any] = [None] * rows
+        for j, name in self._numeric:
+            out[:, j] = [_NAN if v is None else v for v in columns.get(name, absent)]
+        for j, name, codes, unknown, missing in self._ordinal:
+            out[:, j] = [missing if v is None else codes.get(v, unknown) for v in columns.get(name, absent)]
+        for name, cols in self._indicator.items():
+            values = columns.get(name, absent)
+            for j, target, missing in cols:
+                out[:, j] = [missing if v is None else (1.0 if v == target else 0.0) for v in values]
+        for name, token_cols in self._token_cols.items():
+            values = columns.get(name, absent)
+            hits = self._token_hits
+            row_index: list[int] = []
+            col_index: list[int] = []
+            for i, value in enumerate(values):
+                if value is None:
+                    for j, missing in token_cols:
+                        out[i, j] = missing
+                    continue
+                found = hits(name, value)
+                if found:
+                    row_index.extend([i] * len(found))
+                    col_index.extend(found)
+            if row_index:
+                out[row_index, col_index] = 1.0
         return out
 
 
