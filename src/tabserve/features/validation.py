@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from tabserve.errors import FieldError, RequestValidationError
@@ -109,7 +110,12 @@ class InstanceValidator:
         """Validate a batch column by column; numeric columns of plain numbers take a fast path."""
         acc = _Accumulator(len(objs))
         names = self.names
-        for i, obj in enumerate(objs):
+        uniform = _uniform_keys(objs)
+        if uniform is not None and uniform <= names:
+            objs_to_check: Sequence[Any] = ()  # every row is an object with the same, known fields
+        else:
+            objs_to_check = objs
+        for i, obj in enumerate(objs_to_check):
             if type(obj) is not dict:
                 acc.fail(self._not_object(obj, (*loc, i)))
                 acc.skip.add(i)
@@ -118,10 +124,11 @@ class InstanceValidator:
                 for error in field_errors:
                     acc.fail(error)
                 acc.warnings[i].extend(field_warnings)
-        safe = [{} if i in acc.skip else obj for i, obj in enumerate(objs)]
+        safe = [{} if i in acc.skip else obj for i, obj in enumerate(objs)] if acc.skip else objs
+        transposed = _transpose(safe, [f.name for f in self.fields], uniform if not acc.skip else None)
         columns: dict[str, list[Any]] = {}
         for checker in self.fields:
-            raw = [obj.get(checker.name, MISSING) for obj in safe]
+            raw = transposed[checker.name]
             column = _fast_numbers(checker, raw) if isinstance(checker, NumberField) else checker.fast_column(raw)
             columns[checker.name] = column if column is not None else acc.check_column(checker, raw, loc)
         if acc.errors:
@@ -176,7 +183,7 @@ def _fast_numbers(checker: NumberField, raw: list[Any]) -> list[float] | None:
         return None  # NaN or ±inf somewhere (the stdlib JSON fallback parses them): check one by one
     if min(column) < checker.train_low or max(column) > checker.train_high:
         return None
-    if checker.integer and any(v != int(v) for v in column):
+    if checker.integer and not all(map(float.is_integer, column)):
         return None
     return column
 
@@ -191,10 +198,39 @@ def _patterns(
     flags = [["0" if v is None else "1" for v in columns[name]] for name in names]
     patterns = ["".join(chars) for chars in zip(*flags, strict=True)]
     for i, row_warnings in enumerate(warnings):
+        if not row_warnings:
+            continue
         unknown = {w.field for w in row_warnings if w.code == "unknown_category"}
         if unknown & set(names):
             patterns[i] = "".join("0" if n in unknown else c for n, c in zip(names, patterns[i], strict=True))
     return patterns
+
+
+def _uniform_keys(objs: Sequence[Any]) -> Any:
+    """The shared key view when every row is a JSON object with exactly the same keys, else None."""
+    if not objs or type(objs[0]) is not dict:
+        return None
+    keys = objs[0].keys()
+    for obj in objs:
+        if type(obj) is not dict or obj.keys() != keys:
+            return None
+    return keys
+
+
+def _transpose(objs: Sequence[Any], names: list[str], uniform: Any) -> dict[str, list[Any]]:
+    """Columns of a batch. When every row has the same keys (the usual case) one C-level ``itemgetter``
+    call per row does it; otherwise one ``dict.get`` per cell. Absent fields are ``MISSING``."""
+    n = len(objs)
+    if uniform is not None:
+        present = [name for name in names if name in uniform]
+        columns: dict[str, list[Any]] = dict.fromkeys(names, [MISSING] * n)  # shared, never mutated
+        if len(present) == 1:
+            columns[present[0]] = [o[present[0]] for o in objs]
+        elif present:
+            for name, column in zip(present, zip(*map(itemgetter(*present), objs), strict=True), strict=True):
+                columns[name] = list(column)
+        return columns
+    return {name: [o.get(name, MISSING) if type(o) is dict else MISSING for o in objs] for name in names}
 
 
 def _row_of(error: FieldError) -> int:
