@@ -78,7 +78,12 @@ def create_app(
     log: PredictionLog | None = None
     if settings.prediction_log:
         store = open_store(settings.store_url.get_secret_value(), settings.data_dir)
-        log = PredictionLog(store, spill_path=settings.data_dir / SPILL_FILE, observer=metrics.store_metrics())
+        log = PredictionLog(
+            store,
+            spill_path=settings.data_dir / SPILL_FILE,
+            queue_size=settings.log_queue_size,
+            observer=metrics.store_metrics(),
+        )
     service = PredictionService(registry, max_batch=settings.max_batch, hooks=PredictionObserver(metrics, drift, log))
     admission = Admission(settings.max_in_flight, settings.max_queue_ms / 1000.0)
     access_log = AccessLog(logger, settings.access_log)
