@@ -82,10 +82,10 @@ class NumberField:
         if self.integer and value != int(value):
             return None, FieldError(loc, f"{self.name} must be a whole number", "not_integer"), None
         if value < self.train_low or value > self.train_high:
-            return value, None, self._ood_warning(value)
+            return value, None, self.ood_warning(value)
         return value, None, None
 
-    def _ood_warning(self, value: float) -> InputWarning:
+    def ood_warning(self, value: float) -> InputWarning:
         return InputWarning(
             self.name,
             "out_of_distribution",
@@ -157,16 +157,19 @@ class CategoryField:
         self._cache[raw] = result
         return result
 
-    def fast_column(self, raw: list[Any]) -> list[str] | None:
-        """The column in canonical spelling when every value is a known category, else None (slow path)."""
+    def lookup_column(self, raw: list[Any]) -> tuple[list[str], list[int]] | None:
+        """(canonical values, indexes of unseen ones) when every value is a non-blank string, else None."""
         cache = self._cache
         hits = list(map(cache.get, raw))
         if None in hits:
             if not all(type(v) is str for v in raw):
                 return None
             hits = [hit if hit is not None else self.lookup(v) for hit, v in zip(hits, raw, strict=True)]
-        values = [h[0] for h in hits if h[1]]  # type: ignore[index]
-        return values if len(values) == len(raw) else None
+        values = [h[0] for h in hits]  # type: ignore[index]
+        if not all(values):
+            return None  # a blank value: missing, reported (or allowed) by the slow path
+        unknown = [i for i, h in enumerate(hits) if not h[1]]  # type: ignore[index]
+        return values, unknown
 
     def check(self, raw: Any, loc: Loc) -> tuple[str | None, FieldError | None, InputWarning | None]:
         if type(raw) is str:
@@ -177,7 +180,7 @@ class CategoryField:
                 return None, None, None
             if known:
                 return value, None, None
-            return value, None, self._unknown_warning(raw)
+            return value, None, self.unknown_warning(raw)
         if raw is None or raw is MISSING:
             if self.required:
                 return None, FieldError(loc, f"{self.name} is required", "missing"), None
@@ -185,7 +188,7 @@ class CategoryField:
         got = "boolean" if isinstance(raw, bool) else type(raw).__name__
         return None, FieldError(loc, f"{self.name} must be a string; got {got}", "wrong_type"), None
 
-    def _unknown_warning(self, raw: str) -> InputWarning:
+    def unknown_warning(self, raw: str) -> InputWarning:
         shown = ", ".join(self.categories[:12]) + (", ..." if len(self.categories) > 12 else "")
         return InputWarning(
             self.name,

@@ -14,7 +14,7 @@ from operator import itemgetter
 from typing import Any
 
 from tabserve.errors import FieldError, RequestValidationError
-from tabserve.features.fields import MISSING, Field, InputWarning, NumberField, compile_field
+from tabserve.features.fields import MISSING, CategoryField, Field, InputWarning, NumberField, compile_field
 from tabserve.manifest import Manifest
 
 Loc = tuple[str | int, ...]
@@ -129,7 +129,13 @@ class InstanceValidator:
         columns: dict[str, list[Any]] = {}
         for checker in self.fields:
             raw = transposed[checker.name]
-            column = _fast_numbers(checker, raw) if isinstance(checker, NumberField) else checker.fast_column(raw)
+            column: list[Any] | None
+            if isinstance(checker, NumberField):
+                column = _fast_numbers(checker, raw, acc)
+            elif isinstance(checker, CategoryField):
+                column = _fast_categories(checker, raw, acc)
+            else:
+                column = checker.fast_column(raw)
             columns[checker.name] = column if column is not None else acc.check_column(checker, raw, loc)
         if acc.errors:
             acc.errors.sort(key=_row_of)
@@ -171,8 +177,9 @@ class _Accumulator:
         return column
 
 
-def _fast_numbers(checker: NumberField, raw: list[Any]) -> list[float] | None:
-    """The column as floats when every value is a plain number inside the training range, else None."""
+def _fast_numbers(checker: NumberField, raw: list[Any], acc: _Accumulator) -> list[float] | None:
+    """The column as floats when every value is a plain, finite, plausible number (and whole where it must
+    be); values outside the training range get their out-of-distribution warning. Else None (slow path)."""
     if not set(map(type, raw)) <= {int, float}:
         return None
     try:
@@ -181,10 +188,30 @@ def _fast_numbers(checker: NumberField, raw: list[Any]) -> list[float] | None:
         return None
     if not column or not math.isfinite(sum(column)):
         return None  # NaN or ±inf somewhere (the stdlib JSON fallback parses them): check one by one
-    if min(column) < checker.train_low or max(column) > checker.train_high:
-        return None
+    low, high = min(column), max(column)
+    if low < checker.low or high > checker.high:
+        return None  # an error to report field by field
     if checker.integer and not all(map(float.is_integer, column)):
         return None
+    if low < checker.train_low or high > checker.train_high:
+        t_low, t_high = checker.train_low, checker.train_high
+        for i, value in enumerate(column):
+            if value < t_low or value > t_high:
+                acc.warnings[i].append(checker.ood_warning(value))
+                acc.ood[i] = True
+    return column
+
+
+def _fast_categories(checker: CategoryField, raw: list[Any], acc: _Accumulator) -> list[str] | None:
+    """The column in canonical spelling when every value is a non-empty string; unseen values get their
+    unknown-category warning. Else None (slow path: missing values, wrong types)."""
+    looked_up = checker.lookup_column(raw)
+    if looked_up is None:
+        return None
+    column, unknown = looked_up
+    for i in unknown:
+        acc.warnings[i].append(checker.unknown_warning(raw[i]))
+        acc.ood[i] = True
     return column
 
 
