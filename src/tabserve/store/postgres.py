@@ -101,6 +101,9 @@ class PostgresStore(SqlStore):
 
     def _connect(self) -> psycopg.Connection[Any]:
         options = f"-c statement_timeout={int(self.statement_timeout_s * 1000)}"
+        from_url = conninfo.conninfo_to_dict(self.url).get("options")
+        if from_url:  # e.g. ?options=-csearch_path%3Dmyschema in TABSERVE_STORE_URL: keep it
+            options = f"{from_url} {options}"
         if self.schema:
             options += f" -c search_path={self.schema}"
         return psycopg.connect(
