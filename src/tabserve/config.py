@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     """OTLP/HTTP endpoint for traces (``OTEL_EXPORTER_OTLP_ENDPOINT`` is honoured). Empty = tracing off."""
     max_in_flight: int = Field(default=64, ge=0)
     """Requests a worker handles at once; beyond, 503 with Retry-After at once. 0 = unbounded."""
-    max_queue_ms: float = Field(default=25.0, ge=0)
+    max_queue_ms: float = Field(default=100.0, ge=0)
     """Longest a request may wait for its worker before it is refused with a fast 503 (load shedding). 0 = off."""
     rate_limit: float = Field(default=0.0, ge=0.0)
     """Requests per second per API key (``X-API-Key``) or client address; 429 beyond. 0 = off."""

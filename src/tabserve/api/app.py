@@ -174,11 +174,21 @@ async def _reload_all(ctx: AppContext) -> None:
             continue  # reported by the registry listener; the old version keeps serving
 
 
+DRIFT_EXPORT_INTERVAL_S = 30.0
+
+
 async def _flush_access_log(ctx: AppContext) -> None:
-    """Buffered access-log lines reach stdout at most this late, even when traffic stops."""
+    """Buffered access-log lines reach stdout at most this late, even when traffic stops; and every
+    ``DRIFT_EXPORT_INTERVAL_S`` the drift of each model's window is computed, which updates its gauges."""
+    loop = asyncio.get_running_loop()
+    next_drift = loop.time() + DRIFT_EXPORT_INTERVAL_S
     while True:
         await asyncio.sleep(ctx.access_log.flush_interval_s)
         ctx.access_log.flush()
+        if loop.time() >= next_drift:
+            next_drift = loop.time() + DRIFT_EXPORT_INTERVAL_S
+            for name in ctx.drift.models():
+                ctx.drift.report(name, detail=False)
 
 
 async def _close(ctx: AppContext) -> None:
