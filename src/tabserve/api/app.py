@@ -188,7 +188,10 @@ async def _flush_access_log(ctx: AppContext) -> None:
         if loop.time() >= next_drift:
             next_drift = loop.time() + DRIFT_EXPORT_INTERVAL_S
             for name in ctx.drift.models():
-                ctx.drift.report(name, detail=False)
+                try:
+                    ctx.drift.report(name, detail=False)
+                except Exception:  # never let monitoring stop the flusher
+                    ctx.logger.exception("drift export failed for %s", name)
 
 
 async def _close(ctx: AppContext) -> None:
