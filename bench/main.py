@@ -52,6 +52,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cold-starts", type=int, default=3, help="starts per server for the cold start median (3)")
     parser.add_argument("--overload-connections", type=int, default=160, help="connections of the overload point")
     parser.add_argument("--overload-in-flight", type=int, default=16, help="TABSERVE_MAX_IN_FLIGHT when overloaded")
+    parser.add_argument(
+        "--overload-queue-ms", type=float, default=20.0, help="TABSERVE_MAX_QUEUE_MS when overloaded (load shedding)"
+    )
     parser.add_argument("--overload-target", default="tabserve", choices=("tabserve", "floor"))
     parser.add_argument("--sigterm-target", default="tabserve-log", choices=("tabserve", "tabserve-log", "floor"))
     parser.add_argument(
@@ -232,10 +235,12 @@ def _line(summary: Any) -> str:
     return f"{summary['ok_rps']:,.0f} req/s p50 {lat['50']:.3f} ms p99 {lat['99']:.3f} ms non-2xx {summary['non_2xx']}"
 
 
-def overload_target(base: Target, in_flight: int) -> Target:
-    """The overload server: tabserve with TABSERVE_MAX_IN_FLIGHT, or the floor with uvicorn's limit."""
+def overload_target(base: Target, in_flight: int, queue_ms: float = 20.0) -> Target:
+    """The overload server: tabserve with TABSERVE_MAX_IN_FLIGHT and TABSERVE_MAX_QUEUE_MS (its load-shedding
+    bounds, set for a latency target), or the floor with uvicorn's limit."""
     if base.kind == "tabserve":
-        return replace(base, name="overload", env={**base.env, "TABSERVE_MAX_IN_FLIGHT": str(in_flight)})
+        env = {**base.env, "TABSERVE_MAX_IN_FLIGHT": str(in_flight), "TABSERVE_MAX_QUEUE_MS": f"{queue_ms:g}"}
+        return replace(base, name="overload", env=env)
     argv = base.argv
     return replace(base, name="overload", argv=lambda port: [*argv(port), "--limit-concurrency", str(in_flight)])
 
@@ -243,8 +248,12 @@ def overload_target(base: Target, in_flight: int) -> Target:
 def run_overload(
     base: Target, args: argparse.Namespace, bodies: dict[str, Path], settings: LoadSettings, raw: Path
 ) -> dict[str, Any]:
-    target = overload_target(base, args.overload_in_flight)
-    out: dict[str, Any] = {"target": base.name, "max_in_flight": args.overload_in_flight}
+    target = overload_target(base, args.overload_in_flight, args.overload_queue_ms)
+    out: dict[str, Any] = {
+        "target": base.name,
+        "max_in_flight": args.overload_in_flight,
+        "max_queue_ms": args.overload_queue_ms,
+    }
     server = start(target, raw, "overload")
     try:
         url = f"http://127.0.0.1:{server.port}{target.predict_path}"

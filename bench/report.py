@@ -320,7 +320,8 @@ def render_markdown(results: dict[str, Any], checks: list[Check]) -> str:
         out += ["## Overload", ""]
         ref = overload["reference"]
         out.append(
-            f"In-flight bound {overload.get('max_in_flight')} ({overload.get('target')}); reference "
+            f"In-flight bound {overload.get('max_in_flight')}, queue-wait bound {overload.get('max_queue_ms')} ms "
+            f"({overload.get('target')}); reference "
             f"{ref['connections']} conns: {ref['ok_rps']:,.0f} req/s, p99 {ref['latency_ms']['99']:.3f} ms; "
             f"overload {over['connections']} conns: {over['ok_rps']:,.0f} admitted req/s, statuses {over['statuses']}, "
             f"admitted p99 ≤ {_fmt(over.get('p99_2xx_upper_ms'), 3)} ms, non-2xx p99 ≤ "

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     """Writable folder for the SQLite prediction log, its spill file and multiprocess metrics."""
     prediction_log: bool = True
     """Record every prediction in the prediction log."""
-    log_queue_size: int = Field(default=20_000, ge=100)
+    log_queue_size: int = Field(default=5_000, ge=100)
     """Prediction-log records held in memory for the writer; beyond, records go to the spill file (bounded
     memory: about 2 KB a record)."""
     store_url: SecretStr = SecretStr("")
