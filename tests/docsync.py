@@ -25,6 +25,7 @@ GOLDEN = REPO / "tests" / "golden"
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(<!-- golden:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /golden -->)", re.S)
 METRICS = re.compile(r"(<!-- model-metrics:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /model-metrics -->)", re.S)
+BENCH = re.compile(r"(<!-- bench-table:start -->\n)(?P<body>.*?)(<!-- bench-table:end -->)", re.S)
 SETTINGS = re.compile(r"(<!-- settings-table:start -->\n)(?P<body>.*?)(<!-- settings-table:end -->)", re.S)
 
 
@@ -145,6 +146,16 @@ def render_metrics(name: str) -> str:
     return _table(header, rows) + "\n"
 
 
+def render_bench() -> str:
+    """The side-by-side and targets tables of the latest benchmark run (``bench/results/latest.md``)."""
+    latest = (REPO / "bench" / "results" / "latest.md").read_text(encoding="utf-8")
+    header = latest.splitlines()[0].removeprefix("# ")
+    start = latest.index("## Side by side")
+    end = latest.index("## Overload")
+    body = latest[start:end].replace("## ", "#### ")
+    return f"_{header}_ — full report: [bench/results/latest.md](bench/results/latest.md)\n\n{body.strip()}\n"
+
+
 def render_docs(text: str, examples: dict[str, dict[str, Any]]) -> str:
     from tabserve.config import settings_table
 
@@ -155,6 +166,7 @@ def render_docs(text: str, examples: dict[str, dict[str, Any]]) -> str:
         return match.group(1) + render(examples[name]) + match.group(4)
 
     text = BLOCK.sub(golden, text)
+    text = BENCH.sub(lambda m: m.group(1) + render_bench() + m.group(3), text)
     text = METRICS.sub(lambda m: m.group(1) + render_metrics(m.group("name")) + m.group(4), text)
     return SETTINGS.sub(lambda m: m.group(1) + settings_table() + "\n" + m.group(3), text)
 
