@@ -1,6 +1,6 @@
 """Micro-benchmark of the prediction log: ``submit()`` cost per call and write throughput per backend.
 
-``python -m tabserve.store.bench [--records 50000] [--pg postgresql://...]`` prints JSON. The PostgreSQL
+``.venv/bin/python -m bench.store_bench [--records 50000] [--pg postgresql://...]`` prints JSON. The PostgreSQL
 run uses its own schema and drops it afterwards.
 """
 
@@ -16,25 +16,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench.bodies import EXAMPLE_VEHICLE
 from tabserve.store.base import PredictionStore
 from tabserve.store.log import CountingObserver, PredictionLog
 from tabserve.store.postgres import PostgresStore
 from tabserve.store.record import PredictionRecord
 from tabserve.store.sqlite import SqliteStore
 
-_INPUTS_RAW = {
-    "make": "Toyota",
-    "model": "RAV4 AWD",
-    "vehicle_class": "SUV: Small",
-    "engine_size_l": 2.5,
-    "cylinders": 4,
-    "transmission": "AS8",
-    "fuel_type": "X",
-    "model_year": 2020,
-    "fuel_consumption_city_l_per_100km": 8.9,
-    "fuel_consumption_hwy_l_per_100km": 7.0,
-    "fuel_consumption_comb_l_per_100km": 8.1,
-}
+_INPUTS_RAW = EXAMPLE_VEHICLE
 _OUTPUT = {"interval": {str(level): {"lower": 180.0, "upper": 200.0} for level in (0.5, 0.8, 0.9, 0.95)}}
 
 
