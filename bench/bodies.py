@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tabserve.training.co2_data import OFFICIAL_TO_INPUT
+
 REPO = Path(__file__).resolve().parents[1]
 VEHICLE_FILE = "fuel_consumption_ratings_2015_2020.csv"
 
@@ -42,21 +44,9 @@ FLOAT_FIELDS = (
 )
 FIELDS = STRING_FIELDS + INT_FIELDS + FLOAT_FIELDS
 
-# official 2015+ header -> request field
-CSV_COLUMNS = {
-    "Model year": "model_year",
-    "Make": "make",
-    "Model": "model",
-    "Vehicle class": "vehicle_class",
-    "Engine size (L)": "engine_size_l",
-    "Cylinders": "cylinders",
-    "Transmission": "transmission",
-    "Fuel type": "fuel_type",
-    "City (L/100 km)": "fuel_consumption_city_l_per_100km",
-    "Highway (L/100 km)": "fuel_consumption_hwy_l_per_100km",
-    "Combined (L/100 km)": "fuel_consumption_comb_l_per_100km",
-}
 TARGET_COLUMN = "CO2 emissions (g/km)"
+# official 2015+ header -> request field (the training code's own mapping)
+CSV_COLUMNS = {k: v for k, v in OFFICIAL_TO_INPUT.items() if k != TARGET_COLUMN}
 
 
 def data_dir() -> Path:

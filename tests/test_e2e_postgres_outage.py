@@ -10,8 +10,7 @@ import json
 import re
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,19 +18,9 @@ import pytest
 
 from conftest import MODELS, ServerProcess
 from tabserve.store.postgres import PostgresStore
-from test_store_postgres_fault import PG_HOST, PG_PORT, PG_URL, CuttableProxy
+from test_store_postgres_fault import PG_HOST, PG_PORT, PG_URL, CuttableProxy, schema  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
-
-
-@pytest.fixture
-def schema() -> Iterator[str]:
-    name = f"e2e_{uuid.uuid4().hex[:12]}"
-    direct = PostgresStore(PG_URL, schema=name)
-    direct.migrate()
-    yield name
-    direct.drop_schema()
-    direct.close()
 
 
 def metric(text: str, name: str) -> float:

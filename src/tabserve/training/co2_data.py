@@ -43,7 +43,8 @@ OFFICIAL_COLUMNS = (
     "CO2 rating",
     "Smog rating",
 )
-_RENAME = {
+OFFICIAL_TO_INPUT = {
+    # official 2015+ header -> request field (and the target)
     "Model year": "model_year",
     "Make": "make",
     "Model": "model",
