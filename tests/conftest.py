@@ -138,3 +138,19 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     for proc in started:
         if proc.process.poll() is None:
             proc.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema with the prediction-log tables (real server, database ``test``), dropped after."""
+    import uuid
+
+    from tabserve.store.postgres import PostgresStore
+
+    url = os.environ.get("TABSERVE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    direct = PostgresStore(url, schema=name)
+    direct.migrate()
+    yield name
+    direct.drop_schema()
+    direct.close()

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import MODELS, ServerProcess
 from tabserve.store.postgres import PostgresStore
-from test_store_postgres_fault import PG_HOST, PG_PORT, PG_URL, CuttableProxy, schema  # noqa: F401 (fixture)
+from test_store_postgres_fault import PG_HOST, PG_PORT, PG_URL, CuttableProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 

@@ -12,8 +12,6 @@ import socket
 import struct
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -114,16 +112,6 @@ def record(i: int) -> PredictionRecord:
         out_of_distribution=False,
         latency_ms=0.7,
     )
-
-
-@pytest.fixture
-def schema() -> Iterator[str]:
-    name = f"fault_{uuid.uuid4().hex[:12]}"
-    direct = PostgresStore(PG_URL, schema=name)
-    direct.migrate()
-    yield name
-    direct.drop_schema()
-    direct.close()
 
 
 def test_log_loses_and_doubles_nothing_when_database_cut_mid_stream(schema: str, tmp_path: Path) -> None:
