@@ -159,11 +159,11 @@ class CategoryField:
 
     def lookup_column(self, raw: list[Any]) -> tuple[list[str], list[int]] | None:
         """(canonical values, indexes of unseen ones) when every value is a non-blank string, else None."""
+        if set(map(type, raw)) != {str}:
+            return None  # missing values or wrong types (some unhashable): the slow path reports them
         cache = self._cache
         hits = list(map(cache.get, raw))
         if None in hits:
-            if not all(type(v) is str for v in raw):
-                return None
             hits = [hit if hit is not None else self.lookup(v) for hit, v in zip(hits, raw, strict=True)]
         values = [h[0] for h in hits]  # type: ignore[index]
         if not all(values):
