@@ -152,3 +152,30 @@ def test_render_merges_workers_and_drops_dead_gauges_in_multiprocess_mode(tmp_pa
     assert s[("tabserve_requests_total", (("model", "co2"), ("route", "/predict"), ("status", "200")))] == 3
     # the two finished workers' live gauges were dropped: only the rendering process is in flight
     assert s[("tabserve_in_flight_requests", ())] == 1
+
+
+def test_observe_many_equals_observing_one_by_one() -> None:
+    import random
+
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from tabserve.observability.metrics import observe_many
+
+    rng = random.Random(5)
+    values = [rng.choice([0.0, 0.1, 0.25, 0.26, 1.0, 7.5, 9.99, 10.0, 11.0, 1e9]) for _ in range(500)]
+    texts = []
+    for bulk in (False, True):
+        registry = CollectorRegistry()
+        histogram = Histogram("h_seconds", "h", ["m"], registry=registry).labels("co2")
+        if bulk:
+            observe_many(histogram, values)
+        else:
+            for value in values:
+                histogram.observe(value)
+        texts.append([line for line in generate_latest(registry).splitlines() if line.startswith(b"h_seconds")])
+    one_by_one, bulk_lines = texts
+    assert [line for line in one_by_one if b"_sum" not in line and b"_created" not in line] == [
+        line for line in bulk_lines if b"_sum" not in line and b"_created" not in line
+    ]
+    sums = [float(next(line for line in lines if b"_sum" in line).split()[-1]) for lines in texts]
+    assert sums[1] == pytest.approx(sums[0], rel=1e-12)  # only the order of float additions differs

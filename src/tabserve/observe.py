@@ -7,6 +7,7 @@ path: counters, a deque append, and a non-blocking hand-off to the prediction lo
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any, Protocol
 
 from tabserve.observability.drift import DriftMonitor
@@ -34,17 +35,18 @@ class PredictionObserver:
         set_model(name, model.version)
         metrics = self.metrics
         metrics.rows(name, len(outcome.answers))
-        regression = model.confidence.task == "regression"
-        for answer in outcome.answers:
-            if regression:
-                metrics.regression_value(name, answer["prediction"])
-            else:
-                probabilities = answer["probabilities"]
-                metrics.class_prediction(name, answer["prediction"], probabilities[answer["prediction"]])
-            for warning in answer["warnings"]:
-                metrics.warning(name, warning["field"], warning["code"])
-                if warning["code"] == "out_of_distribution":
-                    metrics.out_of_distribution(name, warning["field"])
+        answers = outcome.answers
+        if model.confidence.task == "regression":
+            metrics.regression_values(name, [a["prediction"] for a in answers])
+        else:
+            metrics.class_predictions(
+                name,
+                Counter(a["prediction"] for a in answers),
+                [a["probabilities"][a["prediction"]] for a in answers],
+            )
+        warned = Counter((w["field"], w["code"]) for a in answers if a["warnings"] for w in a["warnings"])
+        if warned:
+            metrics.warnings(name, warned)
         if self.drift is not None:
             if outcome.batch is not None:
                 self.drift.add_columns(name, outcome.batch.columns, outcome.batch.rows)

@@ -19,11 +19,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -74,6 +75,27 @@ class PredictionLogMetrics(Protocol):
     def spilled(self, n: int) -> None: ...
     def replayed(self, n: int) -> None: ...
     def spill_failed(self, n: int) -> None: ...
+
+
+def observe_many(histogram: Any, values: Sequence[float]) -> None:
+    """``histogram.observe(v)`` for every value, with one increment per bucket instead of one per value.
+
+    prometheus_client has no bulk observe; this updates the child's bucket and sum values (``_buckets``,
+    ``_sum``, ``_upper_bounds``: the same objects ``observe`` updates, in single and multiprocess mode alike).
+    Small batches, or a client without those attributes, take the per-value path. A test checks both agree.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    if len(values) < 16 or bounds is None or not hasattr(histogram, "_buckets"):
+        for value in values:
+            histogram.observe(value)
+        return
+    counts = np.bincount(
+        np.searchsorted(np.asarray(bounds), np.asarray(values, dtype=np.float64), side="left"), minlength=len(bounds)
+    )
+    histogram._sum.inc(float(np.sum(values)))
+    for bucket, n in zip(histogram._buckets, counts.tolist(), strict=False):
+        if n:
+            bucket.inc(n)
 
 
 def prepare_multiprocess_dir(path: Path) -> Path:
@@ -314,6 +336,37 @@ class ServiceMetrics:
     def regression_value(self, model: str, value: float) -> None:
         children = self._model_children.get(model) or self._model(model)
         children[2].observe(value)
+
+    def regression_values(self, model: str, values: Sequence[float]) -> None:
+        """A batch's predictions: the same histogram as ``regression_value`` per row, one update per bucket."""
+        children = self._model_children.get(model) or self._model(model)
+        observe_many(children[2], values)
+
+    def warnings(self, model: str, counts: Mapping[tuple[str, str], int]) -> None:
+        """``counts[(feature, code)]`` warnings of one request; out_of_distribution ones counted there too."""
+        for (feature, code), n in counts.items():
+            key = (model, feature, code)
+            child = self._warning_children.get(key)
+            if child is None:
+                child = self._warning_children[key] = self._warnings.labels(model, feature, code)
+            child.inc(n)
+            if code == "out_of_distribution":
+                ood_key = (model, feature)
+                ood = self._ood_children.get(ood_key)
+                if ood is None:
+                    ood = self._ood_children[ood_key] = self._ood.labels(model, feature)
+                ood.inc(n)
+
+    def class_predictions(self, model: str, counts: Mapping[str, int], top_probabilities: Sequence[float]) -> None:
+        """A batch's predicted classes (counted per class) and top-class probabilities (one update per bucket)."""
+        for cls, n in counts.items():
+            key = (model, cls)
+            child = self._class_children.get(key)
+            if child is None:
+                child = self._class_children[key] = self._classes.labels(model, cls)
+            child.inc(n)
+        children = self._model_children.get(model) or self._model(model)
+        observe_many(children[3], top_probabilities)
 
     def class_prediction(self, model: str, cls: str, top_probability: float) -> None:
         key = (model, cls)
