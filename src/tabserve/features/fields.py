@@ -20,6 +20,7 @@ MISSING: Any = object()
 """Sentinel for a field that is not in the request at all (``None`` is an explicit JSON null)."""
 
 _CATEGORY_CACHE_MAX = 4096
+_WARNING_CACHE_MAX = 1024
 Loc = tuple[str | int, ...]
 
 
@@ -48,6 +49,7 @@ class NumberField:
         self.allowed_units = list(family.units) if family else [spec.unit]
         self.low, self.high = spec.plausible.min, spec.plausible.max
         self.train_low, self.train_high = spec.training.min, spec.training.max
+        self._warnings: dict[float, InputWarning] = {}
 
     def check(self, raw: Any, loc: Loc) -> tuple[float | None, FieldError | None, InputWarning | None]:
         """Returns (canonical value or None when absent, error, out-of-distribution warning)."""
@@ -86,12 +88,19 @@ class NumberField:
         return value, None, None
 
     def ood_warning(self, value: float) -> InputWarning:
-        return InputWarning(
-            self.name,
-            "out_of_distribution",
-            f"{self.name} = {value:g} {self.unit} is outside the training range "
-            f"{self.train_low:g} to {self.train_high:g} {self.unit}; the prediction is an extrapolation",
-        )
+        """The warning for a value outside the training range (immutable: cached, the same values recur)."""
+        warning = self._warnings.get(value)
+        if warning is None:
+            warning = InputWarning(
+                self.name,
+                "out_of_distribution",
+                f"{self.name} = {value:g} {self.unit} is outside the training range "
+                f"{self.train_low:g} to {self.train_high:g} {self.unit}; the prediction is an extrapolation",
+            )
+            if len(self._warnings) >= _WARNING_CACHE_MAX:
+                self._warnings.clear()
+            self._warnings[value] = warning
+        return warning
 
     def _type_error(self, raw: Any, loc: Loc) -> FieldError:
         got = "boolean" if isinstance(raw, bool) else type(raw).__name__
@@ -143,6 +152,7 @@ class CategoryField:
         table.update({normalise_key(a): c for a, c in spec.aliases.items()})
         self._table = table
         self._cache: dict[str, tuple[str, bool]] = {}
+        self._warnings: dict[str, InputWarning] = {}
 
     def lookup(self, raw: str) -> tuple[str, bool]:
         """(canonical or normalised value, known?). Cached: the same spellings recur."""
@@ -189,13 +199,20 @@ class CategoryField:
         return None, FieldError(loc, f"{self.name} must be a string; got {got}", "wrong_type"), None
 
     def unknown_warning(self, raw: str) -> InputWarning:
-        shown = ", ".join(self.categories[:12]) + (", ..." if len(self.categories) > 12 else "")
-        return InputWarning(
-            self.name,
-            "unknown_category",
-            f"{self.name} {raw!r} was not seen in training; served as 'unknown' "
-            f"(known values: {shown}; full list at GET /models/{{name}})",
-        )
+        """The warning for an unseen category (immutable: cached, the same values recur)."""
+        warning = self._warnings.get(raw)
+        if warning is None:
+            shown = ", ".join(self.categories[:12]) + (", ..." if len(self.categories) > 12 else "")
+            warning = InputWarning(
+                self.name,
+                "unknown_category",
+                f"{self.name} {raw!r} was not seen in training; served as 'unknown' "
+                f"(known values: {shown}; full list at GET /models/{{name}})",
+            )
+            if len(self._warnings) >= _WARNING_CACHE_MAX:
+                self._warnings.clear()
+            self._warnings[raw] = warning
+        return warning
 
 
 class TextField:
