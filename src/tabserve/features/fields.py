@@ -36,6 +36,14 @@ class InputWarning:
         return {"field": self.field, "code": self.code, "message": self.message}
 
 
+def _remember(cache: dict[Any, InputWarning], key: Any, warning: InputWarning) -> InputWarning:
+    """Keep ``warning`` for ``key`` in a bounded cache (cleared when full) and return it."""
+    if len(cache) >= _WARNING_CACHE_MAX:
+        cache.clear()
+    cache[key] = warning
+    return warning
+
+
 class NumberField:
     kind = "number"
 
@@ -91,15 +99,16 @@ class NumberField:
         """The warning for a value outside the training range (immutable: cached, the same values recur)."""
         warning = self._warnings.get(value)
         if warning is None:
-            warning = InputWarning(
-                self.name,
-                "out_of_distribution",
-                f"{self.name} = {value:g} {self.unit} is outside the training range "
-                f"{self.train_low:g} to {self.train_high:g} {self.unit}; the prediction is an extrapolation",
+            warning = _remember(
+                self._warnings,
+                value,
+                InputWarning(
+                    self.name,
+                    "out_of_distribution",
+                    f"{self.name} = {value:g} {self.unit} is outside the training range "
+                    f"{self.train_low:g} to {self.train_high:g} {self.unit}; the prediction is an extrapolation",
+                ),
             )
-            if len(self._warnings) >= _WARNING_CACHE_MAX:
-                self._warnings.clear()
-            self._warnings[value] = warning
         return warning
 
     def _type_error(self, raw: Any, loc: Loc) -> FieldError:
@@ -203,15 +212,16 @@ class CategoryField:
         warning = self._warnings.get(raw)
         if warning is None:
             shown = ", ".join(self.categories[:12]) + (", ..." if len(self.categories) > 12 else "")
-            warning = InputWarning(
-                self.name,
-                "unknown_category",
-                f"{self.name} {raw!r} was not seen in training; served as 'unknown' "
-                f"(known values: {shown}; full list at GET /models/{{name}})",
+            warning = _remember(
+                self._warnings,
+                raw,
+                InputWarning(
+                    self.name,
+                    "unknown_category",
+                    f"{self.name} {raw!r} was not seen in training; served as 'unknown' "
+                    f"(known values: {shown}; full list at GET /models/{{name}})",
+                ),
             )
-            if len(self._warnings) >= _WARNING_CACHE_MAX:
-                self._warnings.clear()
-            self._warnings[raw] = warning
         return warning
 
 
