@@ -122,10 +122,6 @@ def reset_request(token: Token[RequestContext | None]) -> None:
     _CONTEXT.reset(token)
 
 
-def current_request() -> RequestContext | None:
-    return _CONTEXT.get()
-
-
 def set_model(model: str, version: str) -> None:
     """Record which model version serves the current request (no-op outside a request)."""
     ctx = _CONTEXT.get()
@@ -139,13 +135,6 @@ def set_trace(trace_id: str, span_id: str) -> None:
     ctx = _CONTEXT.get()
     if ctx is not None:
         ctx.trace_id = trace_id
-        ctx.span_id = span_id
-
-
-def set_span(span_id: str | None) -> None:
-    """Log under the server's own span (from tracing) instead of the caller's."""
-    ctx = _CONTEXT.get()
-    if ctx is not None and span_id:
         ctx.span_id = span_id
 
 

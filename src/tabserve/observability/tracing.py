@@ -20,7 +20,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 OTLP_TRACES_PATH = "/v1/traces"
@@ -123,12 +123,6 @@ class Tracing:
         span = trace.get_current_span()
         if span.is_recording():
             span.set_attributes(attrs)
-
-    def mark_error(self, message: str) -> None:
-        """Mark the current span as failed (for handled errors that do not raise through it)."""
-        if self._tracer is None:
-            return
-        trace.get_current_span().set_status(Status(StatusCode.ERROR, message))
 
     def shutdown(self) -> None:
         """Flush pending spans and stop the exporter (app shutdown)."""
