@@ -21,6 +21,7 @@ MISSING: Any = object()
 
 _CATEGORY_CACHE_MAX = 4096
 _WARNING_CACHE_MAX = 1024
+UNITLESS = frozenset({"year", "count"})
 Loc = tuple[str | int, ...]
 
 
@@ -58,6 +59,7 @@ class NumberField:
         self.low, self.high = spec.plausible.min, spec.plausible.max
         self.train_low, self.train_high = spec.training.min, spec.training.max
         self._warnings: dict[float, InputWarning] = {}
+        self._suffix = "" if spec.unit in UNITLESS else f" {spec.unit}"  # "2020", not "2020 year"
 
     def check(self, raw: Any, loc: Loc) -> tuple[float | None, FieldError | None, InputWarning | None]:
         """Returns (canonical value or None when absent, error, out-of-distribution warning)."""
@@ -82,8 +84,8 @@ class NumberField:
                 None,
                 FieldError(
                     loc,
-                    f"{self.name} = {value:g} {self.unit} is physically implausible; "
-                    f"allowed range is {self.low:g} to {self.high:g} {self.unit}",
+                    f"{self.name} = {value:g}{self._suffix} is physically implausible; "
+                    f"allowed range is {self.low:g} to {self.high:g}{self._suffix}",
                     "out_of_range",
                     {"min": self.low, "max": self.high, "unit": self.unit, "value": value},
                 ),
@@ -105,8 +107,8 @@ class NumberField:
                 InputWarning(
                     self.name,
                     "out_of_distribution",
-                    f"{self.name} = {value:g} {self.unit} is outside the training range "
-                    f"{self.train_low:g} to {self.train_high:g} {self.unit}; the prediction is an extrapolation",
+                    f"{self.name} = {value:g}{self._suffix} is outside the training range "
+                    f"{self.train_low:g} to {self.train_high:g}{self._suffix}; the prediction is an extrapolation",
                 ),
             )
         return warning
