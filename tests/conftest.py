@@ -154,3 +154,18 @@ def schema() -> Iterator[str]:
     yield name
     direct.drop_schema()
     direct.close()
+
+
+def add_model_version(models: Path, name: str, source: str, version: str) -> Path:
+    """Copy ``name/source`` to ``name/version`` and re-seal it (manifest version edited, hashes recomputed)."""
+    import json
+    import shutil
+
+    from tabserve.artifacts import write_manifest
+
+    target = models / name / version
+    shutil.copytree(models / name / source, target)
+    data = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
+    data["version"] = version
+    write_manifest(target, data)
+    return target

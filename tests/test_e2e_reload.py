@@ -7,7 +7,6 @@ sealing. Every test sets the state it needs first, so the tests do not depend on
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -20,22 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import MODELS, ServerProcess, start_server
-from tabserve.artifacts import write_manifest
+from conftest import MODELS, ServerProcess, add_model_version, start_server
 
 pytestmark = pytest.mark.e2e
 
 TOKEN = "s3cret-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def _add_version(models: Path, name: str, source: str, version: str) -> Path:
-    target = models / name / version
-    shutil.copytree(models / name / source, target)
-    data = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
-    data["version"] = version
-    write_manifest(target, data)
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +33,8 @@ def reloadable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve
     models = base / "models"
     shutil.copytree(MODELS / "co2" / "1.0.0", models / "co2" / "1.0.0")
     shutil.copytree(MODELS / "penguins", models / "penguins")
-    _add_version(models, "co2", "1.0.0", "1.1.0")
-    broken = _add_version(models, "co2", "1.0.0", "1.2.0") / "model.onnx"
+    add_model_version(models, "co2", "1.0.0", "1.1.0")
+    broken = add_model_version(models, "co2", "1.0.0", "1.2.0") / "model.onnx"
     data = bytearray(broken.read_bytes())
     data[len(data) // 2] ^= 0xFF
     broken.write_bytes(bytes(data))

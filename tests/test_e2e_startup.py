@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import MODELS, ServerProcess, start_server
+from conftest import MODELS, ServerProcess, add_model_version, start_server
 from tabserve.artifacts import write_manifest
 
 pytestmark = pytest.mark.e2e
@@ -46,16 +46,6 @@ def _expected(model_dir: Path, file: str) -> str:
     manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
     expected: str = manifest["files"][file]
     return expected
-
-
-def _add_version(models: Path, name: str, source: str, version: str) -> Path:
-    """Copy ``name/source`` to ``name/version`` and re-seal it (manifest version edited, hashes recomputed)."""
-    target = models / name / version
-    shutil.copytree(models / name / source, target)
-    data = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
-    data["version"] = version
-    write_manifest(target, data)
-    return target
 
 
 def _run_until_exit(tmp_path: Path, env: dict[str, str]) -> tuple[int, float, str]:
@@ -122,7 +112,7 @@ def test_serve_exits_fast_naming_manifest_when_manifest_not_json(tmp_path: Path)
 
 def test_serve_exits_fast_naming_both_errors_when_fallback_also_corrupted(tmp_path: Path) -> None:
     models = _copy_models(tmp_path / "models")
-    newer = _add_version(models, "co2", "1.0.0", "1.1.0")
+    newer = add_model_version(models, "co2", "1.0.0", "1.1.0")
     broken = {}
     for folder in (models / "co2" / "1.0.0", newer):
         onnx = folder / "model.onnx"
@@ -168,7 +158,7 @@ def degraded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerP
     """co2 configured at 1.1.0 (model.onnx corrupted after sealing) with fallback 1.0.0; penguins fine."""
     base = tmp_path_factory.mktemp("fallback")
     models = _copy_models(base / "models")
-    newer = _add_version(models, "co2", "1.0.0", "1.1.0")
+    newer = add_model_version(models, "co2", "1.0.0", "1.1.0")
     _flip_byte(newer / "model.onnx")
     env = {
         "TABSERVE_MODELS_DIR": str(models),

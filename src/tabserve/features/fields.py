@@ -45,6 +45,14 @@ def _remember(cache: dict[Any, InputWarning], key: Any, warning: InputWarning) -
     return warning
 
 
+def _absent_or_not_text(name: str, required: bool, raw: Any, loc: Loc) -> tuple[None, FieldError | None, None]:
+    """A text or category field that is not a string: absent (an error only when required), or wrong type."""
+    if raw is None or raw is MISSING:
+        return None, (FieldError(loc, f"{name} is required", "missing") if required else None), None
+    got = "boolean" if isinstance(raw, bool) else type(raw).__name__
+    return None, FieldError(loc, f"{name} must be a string; got {got}", "wrong_type"), None
+
+
 class NumberField:
     kind = "number"
 
@@ -202,12 +210,7 @@ class CategoryField:
             if known:
                 return value, None, None
             return value, None, self.unknown_warning(raw)
-        if raw is None or raw is MISSING:
-            if self.required:
-                return None, FieldError(loc, f"{self.name} is required", "missing"), None
-            return None, None, None
-        got = "boolean" if isinstance(raw, bool) else type(raw).__name__
-        return None, FieldError(loc, f"{self.name} must be a string; got {got}", "wrong_type"), None
+        return _absent_or_not_text(self.name, self.required, raw, loc)
 
     def unknown_warning(self, raw: str) -> InputWarning:
         """The warning for an unseen category (immutable: cached, the same values recur)."""
@@ -250,12 +253,7 @@ class TextField:
                     return None, FieldError(loc, f"{self.name} must not be empty", "missing"), None
                 return None, None, None
             return raw, None, None
-        if raw is None or raw is MISSING:
-            if self.required:
-                return None, FieldError(loc, f"{self.name} is required", "missing"), None
-            return None, None, None
-        got = "boolean" if isinstance(raw, bool) else type(raw).__name__
-        return None, FieldError(loc, f"{self.name} must be a string; got {got}", "wrong_type"), None
+        return _absent_or_not_text(self.name, self.required, raw, loc)
 
 
 Field = NumberField | CategoryField | TextField
