@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+DEFAULT_SEED = 20261126
+
 
 @dataclass(frozen=True, slots=True)
 class TrainOptions:
@@ -13,7 +15,7 @@ class TrainOptions:
     out_root: Path
     """Where ``<name>/<version>/`` is written (the repo's ``models/``)."""
     version: str
-    seed: int = 20261126
+    seed: int = DEFAULT_SEED
     extra: Path | None = None
     """An exported prediction log (``tabserve export``) appended to the training data."""
     plots: bool = True
