@@ -151,7 +151,8 @@ def _design_text(metrics: Mapping[str, Any]) -> str:
             "alone on both splits (temporal MAE 1.19 vs 1.15 g/km, grouped 0.49 vs 0.45), so it was dropped there. "
             "When only city and/or highway is given, a LightGBM model of the residual is added; when no figure is "
             "given a second LightGBM model predicts log CO₂ from specs alone.",
-            "Inside the graph each row runs only the ensemble it needs (NonZero/Gather/ScatterND row dispatch).",
+            "Inside the graph an If answers a batch whose rows all carry the combined figure with comb × factor alone; "
+            "otherwise each row runs only the ensemble it needs (NonZero/Gather/ScatterND row dispatch).",
             f"Specs model {SPECS_PARAMS['n_estimators']} trees (≤ {SPECS_PARAMS['num_leaves']} leaves, depth ≤ "
             f"{SPECS_PARAMS['max_depth']}); residual model {RESIDUAL_PARAMS['n_estimators']} trees (≤ "
             f"{RESIDUAL_PARAMS['num_leaves']} leaves, depth ≤ {RESIDUAL_PARAMS['max_depth']}). Latency trade: an "

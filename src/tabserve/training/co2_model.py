@@ -11,8 +11,11 @@ comb_estimate = comb; else 0.55·city + 0.45·hwy;
 
 Both ensembles read rows of the encoded matrix X (the specs model never saw a consumption figure, so it never
 splits on them; it predicts log CO₂). The ONNX graph computes exactly this in float32 from the single input "X":
-Slice/IsNaN/Where/Gather/Mul/Add for the physics term, then a row dispatch (NonZero/Gather/ScatterND) so that
-each row runs only the ``TreeEnsembleRegressor`` it needs (half the work of running both and choosing).
+the fuel factor of the row's regime (Slice/Gather/Where), then an ``If``: when every row has the combined figure
+(the usual request) the answer is comb × factor and nothing else runs; otherwise the estimate from city/highway
+and a row dispatch (NonZero/Gather/ScatterND) so that each row runs only the ``TreeEnsembleRegressor`` it needs
+(half the work of running both and choosing). With the ``If``, a one-row request with the combined figure runs
+16 nodes instead of 48 (ORT charges roughly half a microsecond per node); a batch without it pays one If extra.
 """
 
 from __future__ import annotations
@@ -246,6 +249,10 @@ def _const(name: str, values: Sequence[float] | Sequence[int] | float, dtype: An
     return numpy_helper.from_array(np.asarray(values, dtype=dtype), name)
 
 
+def _column(name: str) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, 1])
+
+
 def to_onnx(estimator: Co2Estimator, width: int) -> onnx.ModelProto:
     ph = estimator.physics
     spec_nodes, spec_init, spec_out = _trees(estimator.specs, width, "specs_", "X_specs")
@@ -274,19 +281,11 @@ def to_onnx(estimator: Co2Estimator, width: int) -> onnx.ModelProto:
         _const("flat", [-1], np.int64),
     ]
     mk = helper.make_node
-    nodes = [
-        *(mk("Slice", ["X", f"start_{n}", f"end_{n}", "axis1"], [n]) for n in ("city", "hwy", "comb", "fuel")),
-        mk("Mul", ["city", "w_city"], ["city_w"]),
-        mk("Mul", ["hwy", "w_hwy"], ["hwy_w"]),
-        mk("Add", ["city_w", "hwy_w"], ["both"]),
-        mk("Mul", ["city", "r_city"], ["from_city"]),
-        mk("Mul", ["hwy", "r_hwy"], ["from_hwy"]),
-        mk("IsNaN", ["city"], ["city_nan"]),
-        mk("Where", ["city_nan", "from_hwy", "from_city"], ["single"]),
-        mk("IsNaN", ["both"], ["both_nan"]),
-        mk("Where", ["both_nan", "single", "both"], ["partial"]),
+    # always: the combined figure, the fuel factor of the row's regime, and whether any row lacks the combined
+    # figure (then the rows need an estimate from city/highway and the ensembles; else physics is comb × factor)
+    factor_nodes = [
+        *(mk("Slice", ["X", f"start_{n}", f"end_{n}", "axis1"], [n]) for n in ("comb", "fuel")),
         mk("IsNaN", ["comb"], ["comb_nan"]),
-        mk("Where", ["comb_nan", "partial", "comb"], ["estimate"]),
         mk("Clip", ["fuel", "code_lo", "code_hi"], ["fuel_clipped"]),
         mk("Cast", ["fuel_clipped"], ["fuel_code"], to=TensorProto.INT64),
         mk("Gather", ["factors", "fuel_code"], ["new_factor"]),
@@ -297,9 +296,29 @@ def to_onnx(estimator: Co2Estimator, width: int) -> onnx.ModelProto:
         mk("Less", ["year", "regime_year"], ["year_before"]),
         mk("And", ["year_given", "year_before"], ["old_regime"]),
         mk("Where", ["old_regime", "old_factor", "new_factor"], ["factor"]),
+        mk("Cast", ["comb_nan"], ["comb_nan_f"], to=TensorProto.FLOAT),
+        mk("ReduceMax", ["comb_nan_f"], ["some_comb_nan_f"], keepdims=0),
+        mk("Cast", ["some_comb_nan_f"], ["some_comb_nan"], to=TensorProto.BOOL),
+    ]
+    # every row has the combined figure (the common request): physics alone, no ensemble, no dispatch
+    physics_only = helper.make_graph(
+        [mk("Mul", ["comb", "factor"], ["physics_only_out"])], "physics_only", [], [_column("physics_only_out")]
+    )
+    # some row lacks it: estimate from city/highway, then a row dispatch so that each row runs only the ensemble
+    # it needs (specs when no figure is given, residual when city/highway but no combined figure is given)
+    dispatch_nodes = [
+        *(mk("Slice", ["X", f"start_{n}", f"end_{n}", "axis1"], [n]) for n in ("city", "hwy")),
+        mk("Mul", ["city", "w_city"], ["city_w"]),
+        mk("Mul", ["hwy", "w_hwy"], ["hwy_w"]),
+        mk("Add", ["city_w", "hwy_w"], ["both"]),
+        mk("Mul", ["city", "r_city"], ["from_city"]),
+        mk("Mul", ["hwy", "r_hwy"], ["from_hwy"]),
+        mk("IsNaN", ["city"], ["city_nan"]),
+        mk("Where", ["city_nan", "from_hwy", "from_city"], ["single"]),
+        mk("IsNaN", ["both"], ["both_nan"]),
+        mk("Where", ["both_nan", "single", "both"], ["partial"]),
+        mk("Where", ["comb_nan", "partial", "comb"], ["estimate"]),
         mk("Mul", ["estimate", "factor"], ["physics"]),
-        # row dispatch: each row runs only the ensemble it needs (specs when no figure is given, residual when
-        # city/highway but no combined figure is given, none when the combined figure is given)
         mk("IsNaN", ["estimate"], ["none_given"]),
         mk("Not", ["none_given"], ["some_given"]),
         mk("And", ["some_given", "comb_nan"], ["any_given"]),
@@ -319,13 +338,18 @@ def to_onnx(estimator: Co2Estimator, width: int) -> onnx.ModelProto:
         mk("Transpose", ["specs_rows_2d"], ["specs_index"], perm=[1, 0]),
         mk("Transpose", ["given_rows_2d"], ["given_index"], perm=[1, 0]),
         mk("ScatterND", ["physics", "specs_index", "specs_pred"], ["with_specs"]),
-        mk("ScatterND", ["with_specs", "given_index", "given_pred"], [OUTPUT_NAME]),
+        mk("ScatterND", ["with_specs", "given_index", "given_pred"], ["dispatch_out"]),
+    ]
+    dispatch = helper.make_graph(dispatch_nodes, "dispatch", [], [_column("dispatch_out")])
+    nodes = [
+        *factor_nodes,
+        mk("If", ["some_comb_nan"], [OUTPUT_NAME], then_branch=dispatch, else_branch=physics_only),
     ]
     graph = helper.make_graph(
         nodes,
         "co2",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, width])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [None, 1])],
+        [_column(OUTPUT_NAME)],
         initializer=[*inits, *spec_init, *res_init],
     )
     model = helper.make_model(
