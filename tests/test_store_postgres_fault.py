@@ -90,11 +90,14 @@ class CuttableProxy:
 
 
 def _reset(s: socket.socket) -> None:
-    try:
+    """Drop the connection at once. ``shutdown`` first: a bare ``close`` while a pump thread is blocked in
+    ``recv`` on the socket neither wakes it nor tells the peer, which then waits forever (a flaky outage test)."""
+    with contextlib.suppress(OSError):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        s.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
         s.close()
-    except OSError:
-        pass
 
 
 def record(i: int) -> PredictionRecord:
