@@ -1,26 +1,28 @@
 """After every prediction: per-row metrics, the prediction log record(s) and the drift window, in one place.
 
 ``PredictionObserver`` implements ``service.ServiceHooks``. It does only cheap, bounded work on the request
-path: counters, a deque append, and a non-blocking hand-off to the prediction log's writer thread.
+path: counters, a deque append, and a non-blocking hand-off of the prediction log's rows (encoded once,
+here) to its writer thread.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any, Protocol
+from collections.abc import Iterable
+from typing import Protocol
 
 from tabserve.observability.drift import DriftMonitor
 from tabserve.observability.logging import set_model
 from tabserve.observability.metrics import ServiceMetrics
 from tabserve.service import Outcome
-from tabserve.store.record import PredictionRecord
+from tabserve.store.record import EMPTY_LIST_JSON, LogRow, dumps_json, split_value
 
 
 class RecordSink(Protocol):
-    """The prediction log as the request path sees it: a non-blocking submit."""
+    """The prediction log as the request path sees it: a non-blocking hand-over of encoded rows."""
 
-    def submit(self, records: list[PredictionRecord]) -> None: ...
+    def submit_rows(self, rows: list[LogRow]) -> None: ...
 
 
 class PredictionObserver:
@@ -53,34 +55,42 @@ class PredictionObserver:
             elif outcome.instance is not None:
                 self.drift.add(name, outcome.instance.values)
         if self.log is not None:
-            self.log.submit(self._records(outcome))
+            self.log.submit_rows(log_rows(outcome))
 
-    @staticmethod
-    def _records(outcome: Outcome) -> list[PredictionRecord]:
-        now = time.time()
-        latency_ms = (time.perf_counter() - outcome.started) * 1000.0
-        model = outcome.model
-        records = []
-        for index, (raw, values, answer) in enumerate(zip(outcome.raw, outcome.values(), outcome.answers, strict=True)):
-            output: dict[str, Any]
-            if "interval" in answer:
-                output = {"interval": answer["interval"]}
-            else:
-                output = {"probabilities": answer["probabilities"], "prediction_set": answer["prediction_set"]}
-            records.append(
-                PredictionRecord(
-                    request_id=outcome.request_id,
-                    index=index,
-                    time=now,
-                    model=model.name,
-                    model_version=model.version,
-                    inputs_raw=raw,
-                    inputs=values,
-                    prediction=answer["prediction"],
-                    output=output,
-                    warnings=answer["warnings"],
-                    out_of_distribution=answer["out_of_distribution"],
-                    latency_ms=latency_ms,
-                )
-            )
-        return records
+
+def log_rows(outcome: Outcome) -> list[LogRow]:
+    """The prediction log's rows for one predict call, JSON columns encoded here, once.
+
+    Encoding on the request path keeps the queue compact and free of references to the request's objects
+    (the answers are completed by the route after the hooks run). A batch is encoded from its columns
+    directly: no per-row record objects, no ``Outcome.values()`` dicts kept.
+    """
+    now = time.time()
+    latency_ms = (time.perf_counter() - outcome.started) * 1000.0
+    model = outcome.model
+    request_id, name, version = outcome.request_id, model.name, model.version
+    regression = model.confidence.task == "regression"
+    if outcome.batch is not None:
+        columns = outcome.batch.columns
+        names = list(columns)
+        rows_of_values = zip(*columns.values(), strict=True)
+        inputs: Iterable[str] = [dumps_json(dict(zip(names, row, strict=True))) for row in rows_of_values]
+    elif outcome.instance is not None:
+        inputs = [dumps_json(outcome.instance.values)]
+    else:
+        inputs = ["{}"] * len(outcome.answers)
+    rows: list[LogRow] = []
+    append = rows.append
+    for index, (raw, values, answer) in enumerate(zip(outcome.raw, inputs, outcome.answers, strict=True)):
+        value, label = split_value(answer["prediction"])
+        if regression:
+            output = dumps_json({"interval": answer["interval"]})
+        else:
+            output = dumps_json({"probabilities": answer["probabilities"], "prediction_set": answer["prediction_set"]})
+        warnings = answer["warnings"]
+        append((
+            request_id, index, now, name, version, dumps_json(raw), values,
+            value, label, output, dumps_json(warnings) if warnings else EMPTY_LIST_JSON,
+            bool(answer["out_of_distribution"]), latency_ms,
+        ))  # fmt: skip
+    return rows

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from tabserve.errors import StoreError
-from tabserve.store.record import PredictionRecord
+from tabserve.store.record import LogRow, PredictionRecord
 
 DEFAULT_SQLITE_FILE = "predictions.sqlite"
 
@@ -53,6 +53,9 @@ class PredictionStore(Protocol):
 
     def write(self, records: Sequence[PredictionRecord]) -> None:
         """Insert the records in one transaction; a ``(request_id, index)`` already present is skipped."""
+
+    def write_rows(self, rows: Sequence[LogRow]) -> None:
+        """``write`` for rows already encoded (``record.record_row``): what the log's writer thread calls."""
 
     def attach_feedback(self, request_id: str, index: int | None, actual: float | str) -> FeedbackResult:
         """Record the true answer. ``index=None`` means the request's only row.

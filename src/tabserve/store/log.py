@@ -22,7 +22,7 @@ from typing import Protocol
 
 from tabserve.errors import NotFoundError, OverloadedError, StoreError
 from tabserve.store.base import FeedbackResult, PredictionStore
-from tabserve.store.record import PredictionRecord
+from tabserve.store.record import LogRow, PredictionRecord, record_row
 from tabserve.store.spill import SpillFile
 from tabserve.store.sql import RecordRejectedError
 
@@ -94,14 +94,16 @@ class PredictionLog:
         self.retry_delays_s = tuple(retry_delays_s)
         self.probe_min_s = self.retry_delays_s[0] if self.retry_delays_s else 0.05
         self.probe_max_s = probe_max_s
-        self._queue: deque[PredictionRecord] = deque()
+        self._queue: deque[list[LogRow]] = deque()
+        """One entry per ``submit`` (a request's rows); ``_queued`` counts the rows."""
+        self._queued = 0
         self._cond = threading.Condition()
         self._accepted = 0
         self._handled = 0
         self._flush_wanted = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._in_hand: list[PredictionRecord] = []
+        self._in_hand: list[LogRow] = []
         self._db_ok = True
         self._probe_delay = self.probe_min_s
         self._next_probe = 0.0
@@ -128,8 +130,9 @@ class PredictionLog:
         flushed = self.flush(timeout_s * 0.7)
         with self._cond:
             self._stopping.set()
-            leftovers = list(self._queue)
+            leftovers = [row for entry in self._queue for row in entry]
             self._queue.clear()
+            self._queued = 0
             self._handled += len(leftovers)
             if not flushed:
                 leftovers = self._in_hand + leftovers  # the writer may be stuck on the DB: spill its batch too
@@ -149,21 +152,29 @@ class PredictionLog:
     # -- request path ----------------------------------------------------------------------------------
     def submit(self, records: Sequence[PredictionRecord]) -> None:
         """Hand records to the log: never blocks on I/O (unless the queue is full: then they are spilled)."""
-        n = len(records)
+        self.submit_rows([record_row(r) for r in records])
+
+    def submit_rows(self, rows: list[LogRow]) -> None:
+        """``submit`` for rows already encoded (the request path: see ``observe.PredictionObserver``).
+
+        The list is queued as it is (one entry per call, whatever its length): the caller hands it over."""
+        n = len(rows)
         if n == 0:
             return
         with self._cond:
-            if not self._stopping.is_set() and len(self._queue) + n <= self.queue_size:
-                self._queue.extend(records)
+            if not self._stopping.is_set() and self._queued + n <= self.queue_size:
+                self._queue.append(rows)
+                self._queued += n
                 self._accepted += n
-                if len(self._queue) >= self.batch_size:
+                if self._queued >= self.batch_size:
                     self._cond.notify()
                 return
-        self._spill_or_fail(list(records))
+        self._spill_or_fail(rows)
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue)
+        """Rows waiting for the writer."""
+        return self._queued
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until everything submitted so far is in the database or the spill file."""
@@ -202,17 +213,20 @@ class PredictionLog:
         while True:
             with self._cond:
                 deadline = time.monotonic() + self.flush_interval_s
-                while not self._stopping.is_set() and not self._flush_wanted and len(self._queue) < self.batch_size:
+                while not self._stopping.is_set() and not self._flush_wanted and self._queued < self.batch_size:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
                 if self._stopping.is_set():
                     return
-                count = min(self.batch_size, len(self._queue))
-                batch = [self._queue.popleft() for _ in range(count)]
+                batch: list[LogRow] = []
+                queue = self._queue
+                while queue and len(batch) < self.batch_size:  # whole entries: a batch may exceed batch_size
+                    batch += queue.popleft()
+                self._queued -= len(batch)
                 self._in_hand = batch
-                depth = len(self._queue)
+                depth = self._queued
             try:
                 self.observer.queue_depth(depth)
                 self._maybe_replay()
@@ -229,7 +243,7 @@ class PredictionLog:
                     self._flush_wanted = False
                 self._cond.notify_all()
 
-    def _handle(self, batch: list[PredictionRecord]) -> None:
+    def _handle(self, batch: list[LogRow]) -> None:
         if self._db_ok and not self.spill.pending:
             if self._write_with_retry(batch):
                 self.observer.written(len(batch))
@@ -238,24 +252,23 @@ class PredictionLog:
             self._schedule_probe(grow=False)
         self._spill_or_fail(batch)
 
-    def _write(self, batch: list[PredictionRecord]) -> None:
+    def _write(self, batch: list[LogRow]) -> None:
         """Write a batch; a record the database refuses (not: cannot take now) goes to the rejects file,
         so one bad value never blocks the log. Raises ``StoreError`` when the database is failing."""
         try:
-            self.backend.write(batch)
+            self.backend.write_rows(batch)
         except RecordRejectedError:
-            rejected: list[PredictionRecord] = []
-            for record in batch:
+            rejected: list[LogRow] = []
+            for row in batch:
                 try:
-                    self.backend.write([record])
+                    self.backend.write_rows([row])
                 except RecordRejectedError as exc:
-                    log.error("prediction log: the database rejects request %s row %d: %s", record.request_id,
-                              record.index, exc)  # fmt: skip
-                    rejected.append(record)
+                    log.error("prediction log: the database rejects request %s row %s: %s", row[0], row[1], exc)
+                    rejected.append(row)
             if rejected:
                 self._reject(rejected)
 
-    def _reject(self, records: list[PredictionRecord]) -> None:
+    def _reject(self, records: list[LogRow]) -> None:
         try:
             self.rejects.append(records)
         except StoreError as exc:
@@ -267,7 +280,7 @@ class PredictionLog:
         if callable(counter):
             counter(len(records))
 
-    def _write_with_retry(self, batch: list[PredictionRecord]) -> bool:
+    def _write_with_retry(self, batch: list[LogRow]) -> bool:
         for attempt in range(len(self.retry_delays_s) + 1):
             try:
                 self._write(batch)
@@ -329,7 +342,7 @@ class PredictionLog:
                     return
                 self._cond.wait(remaining)
 
-    def _spill_or_fail(self, records: list[PredictionRecord]) -> bool:
+    def _spill_or_fail(self, records: list[LogRow]) -> bool:
         try:
             self.spill.append(records)
         except Exception as exc:  # whatever the cause: loud, and the writer must live
@@ -337,7 +350,7 @@ class PredictionLog:
                 "PREDICTION LOG DATA LOSS: %d records could neither be written to the database nor spilled "
                 "(first request id %s): %s",
                 len(records),
-                records[0].request_id,
+                records[0][0],
                 exc,
             )
             self.observer.spill_failed(len(records))

@@ -1,7 +1,13 @@
-"""One logged prediction (``PredictionRecord``) and its lossless JSON form, used by the spill file.
+"""One logged prediction: ``PredictionRecord`` (typed, for callers and tests) and ``LogRow`` (what the log
+queues, writes and spills), plus their lossless JSON forms.
 
 A record is one row of one request: ``(request_id, index)`` is its identity everywhere (the unique key in
 both databases, the de-duplication key of spill replay, the address of feedback).
+
+``LogRow`` is the database row itself, in ``PREDICTION_COLUMNS`` order, with the JSON columns already
+encoded: the request path encodes each value once (``orjson``), the writer thread binds the strings as they
+are, and a spill line is assembled from the same strings without encoding anything again. It is compact
+(one tuple and a few strings, about 1 KB for a co2 row) and holds no reference to the request's objects.
 """
 
 from __future__ import annotations
@@ -78,7 +84,12 @@ class PredictionRecord:
             raise StoreError(f"not a prediction record: {exc}") from exc
 
 
+LogRow = tuple[str, int, float, str, str, str, str, float | None, str | None, str, str, bool, float]
+"""``(request_id, idx, time, model, model_version, inputs_raw, inputs, prediction_value, prediction_label,
+output, warnings, out_of_distribution, latency_ms)``: the JSON columns as compact JSON text."""
+
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+EMPTY_LIST_JSON = "[]"
 
 
 def _fallback(value: Any) -> str:
@@ -114,13 +125,46 @@ def loads_json(text: str | bytes | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
+def record_row(record: PredictionRecord) -> LogRow:
+    """The database row of ``record`` (JSON columns encoded)."""
+    value, label = split_value(record.prediction)
+    warnings = dumps_json(record.warnings) if record.warnings else EMPTY_LIST_JSON
+    return (
+        record.request_id, record.index, record.time, record.model, record.model_version,
+        dumps_json(record.inputs_raw), dumps_json(record.inputs), value, label, dumps_json(record.output),
+        warnings, bool(record.out_of_distribution), float(record.latency_ms),
+    )  # fmt: skip
+
+
+def row_record(row: LogRow) -> PredictionRecord:
+    """The record back from its row (decodes the JSON columns; replay and tests, not the hot path)."""
+    return PredictionRecord(
+        request_id=row[0], index=row[1], time=row[2], model=row[3], model_version=row[4],
+        inputs_raw=loads_json(row[5]), inputs=loads_json(row[6]), prediction=join_value(row[7], row[8]),  # type: ignore[arg-type]
+        output=loads_json(row[9]), warnings=loads_json(row[10]), out_of_distribution=row[11], latency_ms=row[12],
+    )  # fmt: skip
+
+
+_LINE = (
+    '{"request_id":%s,"index":%s,"time":%s,"model":%s,"model_version":%s,"inputs_raw":%s,"inputs":%s,'
+    '"prediction":%s,"output":%s,"warnings":%s,"out_of_distribution":%s,"latency_ms":%s}\n'
+)
+
+
+def row_line(row: LogRow) -> bytes:
+    """One JSONL line (with its newline) for the spill file: ``PredictionRecord.as_dict()`` as JSON, assembled
+    from the row's already-encoded JSON columns (nothing is encoded twice)."""
+    rid, idx, at, model, version, raw, inputs, value, label, output, warnings, ood, latency = row
+    line = _LINE % (
+        dumps_json(rid), dumps_json(idx), dumps_json(at), dumps_json(model), dumps_json(version), raw, inputs,
+        dumps_json(join_value(value, label)), output, warnings, "true" if ood else "false", dumps_json(latency),
+    )  # fmt: skip
+    return line.encode()
+
+
 def record_line(record: PredictionRecord) -> bytes:
     """One JSONL line (with its newline) for the spill file."""
-    data = record.as_dict()
-    try:
-        return orjson.dumps(data, default=_fallback, option=_JSON_OPTIONS) + b"\n"
-    except orjson.JSONEncodeError:
-        return orjson.dumps(_jsonable(data, 0), default=_fallback, option=_JSON_OPTIONS) + b"\n"
+    return row_line(record_row(record))
 
 
 def split_value(value: float | str | None) -> tuple[float | None, str | None]:

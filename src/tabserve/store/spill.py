@@ -26,7 +26,7 @@ from typing import IO
 import orjson
 
 from tabserve.errors import StoreError
-from tabserve.store.record import PredictionRecord, record_line
+from tabserve.store.record import LogRow, PredictionRecord, record_row, row_line
 
 log = logging.getLogger("tabserve.store")
 REPLAYING_SUFFIX = ".replaying"
@@ -83,11 +83,11 @@ class SpillFile:
         return self._pending
 
     # -- writing -----------------------------------------------------------------------------------------
-    def append(self, records: Sequence[PredictionRecord]) -> None:
+    def append(self, records: Sequence[LogRow]) -> None:
         """Append and fsync; raises ``StoreError`` if the records could not be made durable."""
         if not records:
             return
-        data = b"".join(record_line(r) for r in records)
+        data = b"".join([row_line(r) for r in records])
         with self._lock:
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -123,11 +123,11 @@ class SpillFile:
                 raise StoreError(f"cannot rotate the spill file {self.path}: {exc}") from exc
             return self.replaying_path
 
-    def read(self, path: Path, chunk: int) -> Iterator[list[PredictionRecord]]:
-        """The records of ``path`` in order, in lists of at most ``chunk``."""
-        batch: list[PredictionRecord] = []
+    def read(self, path: Path, chunk: int) -> Iterator[list[LogRow]]:
+        """The records of ``path`` in order (as rows), in lists of at most ``chunk``."""
+        batch: list[LogRow] = []
         for record in self._iter_file(path):
-            batch.append(record)
+            batch.append(record_row(record))
             if len(batch) >= chunk:
                 yield batch
                 batch = []

@@ -16,11 +16,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
+from itertools import chain
 from typing import Any
 
 from tabserve.errors import BadRequestError, ConflictError, NotFoundError, StoreError
 from tabserve.store.base import FeedbackResult
-from tabserve.store.record import PredictionRecord, dumps_json, join_value, loads_json, split_value
+from tabserve.store.record import LogRow, PredictionRecord, join_value, loads_json, record_row, split_value
 
 log = logging.getLogger("tabserve.store")
 
@@ -30,6 +31,8 @@ class RecordRejectedError(StoreError):
 
 
 Migration = tuple[int, tuple[str, ...]]
+MAX_CHUNK_ROWS = 256
+"""Rows per INSERT statement: 256 x 13 values stays far below SQLite's limit of 32,766 bound variables."""
 
 PREDICTION_COLUMNS = _COLUMNS = (
     "request_id, idx, time, model, model_version, inputs_raw, inputs, prediction_value, prediction_label, "
@@ -79,6 +82,7 @@ class SqlStore(ABC):
         self._lock = threading.Lock()
         self._migrated = False
         self._closed = False
+        self._insert_sql: dict[int, str] = {}
 
     # -- backend hooks -------------------------------------------------------------------------------------
     @abstractmethod
@@ -187,25 +191,42 @@ class SqlStore(ABC):
         return int(self._run("schema_version", read, write=False))
 
     def write(self, records: Sequence[PredictionRecord]) -> None:
-        if not records:
-            return
-        rows = []
-        for r in records:
-            value, label = split_value(r.prediction)
-            rows.append((
-                r.request_id, r.index, r.time, r.model, r.model_version, dumps_json(r.inputs_raw),
-                dumps_json(r.inputs), value, label, dumps_json(r.output), dumps_json(r.warnings),
-                bool(r.out_of_distribution), float(r.latency_ms),
-            ))  # fmt: skip
-        self._run("write", lambda cur: self._insert_rows(cur, rows), write=True)
+        self.write_rows([record_row(r) for r in records])
 
-    def _insert_rows(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
-        """Insert-or-ignore ``rows`` (in ``PREDICTION_COLUMNS`` order) inside the current transaction."""
-        marks = "?, ?, ?, ?, ?, ?J, ?J, ?, ?, ?J, ?J, ?, ?"
-        sql = self._sql(
-            f"INSERT INTO predictions ({_COLUMNS}) VALUES ({marks}) ON CONFLICT (request_id, idx) DO NOTHING"  # noqa: S608
-        )
-        cur.executemany(sql, rows)
+    def write_rows(self, rows: Sequence[LogRow]) -> None:
+        """``write`` for rows already encoded (what ``PredictionLog`` hands over): one transaction."""
+        if rows:
+            self._run("write", lambda cur: self._insert_rows(cur, rows), write=True)
+
+    def _insert_rows(self, cur: Any, rows: Sequence[LogRow]) -> None:
+        """Insert-or-ignore ``rows`` (in ``PREDICTION_COLUMNS`` order) inside the current transaction.
+
+        Many rows per statement (``VALUES (...), (...), ...``), in chunks of a power of two rows so that few
+        distinct statements are prepared (the driver caches them). ``executemany`` would release and retake
+        the GIL around every row's step: the writer thread would then wait for the event loop once per row.
+        Here it does so once per chunk, and binds every value of a chunk in one C call.
+        """
+        chunk = self._chunk_rows(cur)
+        start, total = 0, len(rows)
+        while start < total:
+            size = chunk
+            while size > total - start:
+                size //= 2
+            cur.execute(self._values_sql(size), list(chain.from_iterable(rows[start : start + size])))
+            start += size
+
+    def _chunk_rows(self, cur: Any) -> int:  # noqa: ARG002 - backends may ask the connection
+        return MAX_CHUNK_ROWS
+
+    def _values_sql(self, rows: int) -> str:
+        sql = self._insert_sql.get(rows)
+        if sql is None:
+            one = "(?, ?, ?, ?, ?, ?J, ?J, ?, ?, ?J, ?J, ?, ?)"
+            sql = self._insert_sql[rows] = self._sql(
+                f"INSERT INTO predictions ({_COLUMNS}) VALUES {', '.join([one] * rows)} "  # noqa: S608
+                "ON CONFLICT (request_id, idx) DO NOTHING"
+            )
+        return sql
 
     def attach_feedback(self, request_id: str, index: int | None, actual: float | str) -> FeedbackResult:
         value, label = split_value(actual)

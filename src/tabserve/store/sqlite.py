@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tabserve.errors import StoreError
-from tabserve.store.sql import Migration, SqlStore
+from tabserve.store.sql import MAX_CHUNK_ROWS, PREDICTION_COLUMNS, Migration, SqlStore
 
 MIGRATIONS: tuple[Migration, ...] = (
     (
@@ -103,6 +103,13 @@ class SqliteStore(SqlStore):
             conn.execute("COMMIT")
         finally:
             cur.close()
+
+    def _chunk_rows(self, cur: Any) -> int:
+        limit = int(cur.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+        rows = MAX_CHUNK_ROWS
+        while rows > 1 and rows * len(PREDICTION_COLUMNS.split(",")) > limit:
+            rows //= 2
+        return rows
 
     def _lock_migrations(self, cur: Any) -> None:
         """``BEGIN IMMEDIATE`` already holds the database's write lock."""
