@@ -91,9 +91,13 @@ def trace_from_headers(traceparent: str | None, cloud_trace: str | None) -> Trac
 
 
 def new_request_id() -> str:
-    """A fresh request id (32 hex, 128 random bits) when the client sent none; ``os.urandom`` directly is 4x
-    cheaper than ``uuid4().hex`` and just as unique."""
-    return os.urandom(16).hex()
+    """A fresh request id when the client sent none: 32 hex digits, time-ordered like a UUIDv7 or a ULID
+    (12 digits of Unix milliseconds, then 80 random bits: unique without coordination).
+
+    Time order matters to the prediction log: its unique key ``(request_id, idx)`` is a B-tree, and keys that
+    grow insert at its right edge; purely random keys land on a random leaf each, which made every SQLite
+    commit rewrite one index page per row (2-4x the CPU of the insert, growing with the table)."""
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
 @dataclass(slots=True)
