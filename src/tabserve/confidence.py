@@ -93,7 +93,11 @@ class Confidence:
         """Vectorised ``regression`` for a batch: rounded predictions, lower and upper bounds."""
         preds = np.round(predictions.astype(np.float64), 3)
         by_pattern = {p: table[level] for p, table in self.quantiles.items()}
-        q = np.array([by_pattern[p] for p in patterns], dtype=np.float64)
+        q: float | npt.NDArray[np.float64]
+        if len(set(patterns)) == 1:  # the usual batch: one pattern, one quantile for every row
+            q = by_pattern[patterns[0]]
+        else:
+            q = np.array(list(map(by_pattern.__getitem__, patterns)), dtype=np.float64)
         half = q if self.score == "absolute" else np.abs(preds) * q
         lower = np.round(preds - half, 3)
         upper = np.round(preds + half, 3)

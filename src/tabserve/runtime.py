@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,12 @@ class ColumnEncoder:
             else:
                 raise ArtifactError(f"unsupported column kind {spec!r}")
         self._hits: dict[str, dict[str, tuple[int, ...]]] = {name: {} for name in self._token_index}
+        self._indicator_index: dict[str, dict[Any, tuple[int, ...]]] = {}
+        for name, cols in self._indicator.items():
+            by_value: dict[Any, tuple[int, ...]] = {}
+            for j, target, _ in cols:
+                by_value[target] = (*by_value.get(target, ()), j)
+            self._indicator_index[name] = by_value
 
     def _token_hits(self, name: str, text: str) -> tuple[int, ...]:
         cache = self._hits[name]
@@ -110,35 +117,70 @@ class ColumnEncoder:
                     values[j] = 1.0
         return np.array([values], dtype=np.float32)
 
-    def encode_columns(self, columns: Mapping[str, Sequence[Any]], rows: int) -> FloatMatrix:
-        """Batch encoding: ``columns[input]`` holds one value (or None) per row."""
+    def encode_columns(
+        self,
+        columns: Mapping[str, Sequence[Any]],
+        rows: int,
+        arrays: Mapping[str, npt.NDArray[np.float64]] | None = None,
+        complete: Container[str] = (),
+    ) -> FloatMatrix:
+        """Batch encoding: ``columns[input]`` holds one value (or None) per row. ``arrays`` may hold numeric
+        inputs already as float arrays, and ``complete`` name inputs known to have no absent value (the
+        validator's, so the columns need not be searched for None).
+
+        Each column is built in C-level passes (a map over a lookup table, one fancy-indexed store); a column
+        with absent values takes the value-by-value expressions of ``encode_row``."""
         out = np.zeros((rows, self.width), dtype=np.float32)
         absent: Sequence[Any] = [None] * rows
+        given = arrays or {}
         for j, name in self._numeric:
-            out[:, j] = [_NAN if v is None else v for v in columns.get(name, absent)]
+            array = given.get(name)
+            if array is not None:
+                out[:, j] = array
+                continue
+            values = columns.get(name, absent)
+            out[:, j] = values if name in complete or None not in values else [_NAN if v is None else v for v in values]
         for j, name, codes, unknown, missing in self._ordinal:
-            out[:, j] = [missing if v is None else codes.get(v, unknown) for v in columns.get(name, absent)]
+            values = columns.get(name, absent)
+            if name not in complete and None in values:
+                out[:, j] = [missing if v is None else codes.get(v, unknown) for v in values]
+            else:
+                out[:, j] = np.fromiter(map(codes.get, values, repeat(unknown, rows)), dtype=np.float32, count=rows)
         for name, cols in self._indicator.items():
             values = columns.get(name, absent)
-            for j, target, missing in cols:
-                out[:, j] = [missing if v is None else (1.0 if v == target else 0.0) for v in values]
+            if name not in complete and None in values:
+                for j, target, missing in cols:
+                    out[:, j] = [missing if v is None else (1.0 if v == target else 0.0) for v in values]
+            else:
+                by_value = self._indicator_index[name]
+                self._set_hits(out, [by_value.get(v, ()) for v in values])
         for name, token_cols in self._token_cols.items():
             values = columns.get(name, absent)
             hits = self._token_hits
-            row_index: list[int] = []
-            col_index: list[int] = []
-            for i, value in enumerate(values):
-                if value is None:
-                    for j, missing in token_cols:
-                        out[i, j] = missing
-                    continue
-                found = hits(name, value)
-                if found:
-                    row_index.extend([i] * len(found))
-                    col_index.extend(found)
-            if row_index:
-                out[row_index, col_index] = 1.0
+            if name not in complete and None in values:
+                for i, value in enumerate(values):
+                    if value is None:
+                        for j, missing in token_cols:
+                            out[i, j] = missing
+                found = [() if value is None else hits(name, value) for value in values]
+            else:
+                cached: list[tuple[int, ...] | None] = list(map(self._hits[name].get, values))
+                if None in cached:
+                    found = [hit if hit is not None else hits(name, v) for hit, v in zip(cached, values, strict=True)]
+                else:
+                    found = cached  # type: ignore[assignment]  # no None left
+            self._set_hits(out, found)
         return out
+
+    @staticmethod
+    def _set_hits(out: FloatMatrix, found: Sequence[tuple[int, ...]]) -> None:
+        """``out[i, j] = 1.0`` for every column ``j`` in ``found[i]``, in one store."""
+        lengths = np.fromiter(map(len, found), dtype=np.intp, count=len(found))
+        total = int(lengths.sum())
+        if total:
+            row_index = np.repeat(np.arange(len(found)), lengths)
+            col_index = np.fromiter(chain.from_iterable(found), dtype=np.intp, count=total)
+            out[row_index, col_index] = 1.0
 
 
 def session_options(threads: int = 1) -> ort.SessionOptions:

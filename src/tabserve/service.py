@@ -189,12 +189,19 @@ class PredictionService:
         t0 = time.perf_counter()
         batch: Batch = model.validator.many(objs)
         t1 = time.perf_counter()
-        matrix = model.runtime.encoder.encode_columns(batch.columns, batch.rows)
+        matrix = model.runtime.encoder.encode_columns(batch.columns, batch.rows, batch.arrays, batch.complete)
         t2 = time.perf_counter()
         raw = model.runtime.run(matrix)
         t3 = time.perf_counter()
+        answers = self._answers(model, raw, batch, level)
+        t4 = time.perf_counter()
+        return answers, batch, Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3, wall)
+
+    @staticmethod
+    def _answers(model: ServingModel, raw: npt.NDArray[np.float32], batch: Batch, level: float) -> list[dict[str, Any]]:
+        """One answer per row; warnings (held as runs, for the rows that have some) are filled in afterwards."""
         confidence = model.confidence
-        warnings = [_warning_dicts(w) if w else [] for w in batch.warnings]
+        answers: list[dict[str, Any]]
         if confidence.task == "regression":
             preds, lower, upper = confidence.regression_batch(raw, batch.patterns, level)
             unit = confidence.unit
@@ -203,18 +210,24 @@ class PredictionService:
                     "prediction": p,
                     "unit": unit,
                     "interval": {"level": level, "lower": lo, "upper": up},
-                    "warnings": w,
+                    "warnings": [],
                     "out_of_distribution": o,
                 }
-                for p, lo, up, w, o in zip(preds, lower, upper, warnings, batch.out_of_distribution, strict=True)
+                for p, lo, up, o in zip(preds, lower, upper, batch.out_of_distribution, strict=True)
             ]
         else:
             answers = confidence.classification_batch(raw, batch.patterns, level)
-            for answer, w, o in zip(answers, warnings, batch.out_of_distribution, strict=True):
-                answer["warnings"] = w
+            for answer, o in zip(answers, batch.out_of_distribution, strict=True):
+                answer["warnings"] = []
                 answer["out_of_distribution"] = o
-        t4 = time.perf_counter()
-        return answers, batch, Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3, wall)
+        as_dicts: dict[int, dict[str, str]] = {}  # by id: the same warning objects recur across rows
+        for rows, warnings in batch.runs:
+            for i, warning in zip(rows, warnings, strict=True):
+                as_dict = as_dicts.get(id(warning))
+                if as_dict is None:
+                    as_dict = as_dicts[id(warning)] = warning.as_dict()
+                answers[i]["warnings"].append(as_dict)
+        return answers
 
     @staticmethod
     def _answer(

@@ -8,6 +8,7 @@ checkers are built once per model version; a request only pays dictionary look-u
 from __future__ import annotations
 
 import math
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,12 +46,12 @@ def _remember(cache: dict[Any, InputWarning], key: Any, warning: InputWarning) -
     return warning
 
 
-def _absent_or_not_text(name: str, required: bool, raw: Any, loc: Loc) -> tuple[None, FieldError | None, None]:
+def _absent_or_not_text(name: str, required: bool, raw: Any, parent: Loc) -> tuple[None, FieldError | None, None]:
     """A text or category field that is not a string: absent (an error only when required), or wrong type."""
     if raw is None or raw is MISSING:
-        return None, (FieldError(loc, f"{name} is required", "missing") if required else None), None
+        return None, (FieldError((*parent, name), f"{name} is required", "missing") if required else None), None
     got = "boolean" if isinstance(raw, bool) else type(raw).__name__
-    return None, FieldError(loc, f"{name} must be a string; got {got}", "wrong_type"), None
+    return None, FieldError((*parent, name), f"{name} must be a string; got {got}", "wrong_type"), None
 
 
 class NumberField:
@@ -69,29 +70,30 @@ class NumberField:
         self._warnings: dict[float, InputWarning] = {}
         self._suffix = "" if spec.unit in UNITLESS else f" {spec.unit}"  # "2020", not "2020 year"
 
-    def check(self, raw: Any, loc: Loc) -> tuple[float | None, FieldError | None, InputWarning | None]:
-        """Returns (canonical value or None when absent, error, out-of-distribution warning)."""
+    def check(self, raw: Any, parent: Loc) -> tuple[float | None, FieldError | None, InputWarning | None]:
+        """Returns (canonical value or None when absent, error, out-of-distribution warning). ``parent`` is the
+        location of the object holding the field (an error's ``loc`` is built only when there is one)."""
         kind = type(raw)
         if kind is float or kind is int:
             value = float(raw) if raw.__abs__() < 1e300 else math.inf
         elif raw is None or raw is MISSING:
             if self.required:
-                return None, FieldError(loc, f"{self.name} is required ({self.unit})", "missing"), None
+                return None, FieldError((*parent, self.name), f"{self.name} is required ({self.unit})", "missing"), None
             return None, None, None
         elif kind is dict:
-            converted = self._convert(raw, loc)
+            converted = self._convert(raw, (*parent, self.name))
             if isinstance(converted, FieldError):
                 return None, converted, None
             value = converted
         else:
-            return None, self._type_error(raw, loc), None
+            return None, self._type_error(raw, (*parent, self.name)), None
         if not math.isfinite(value):
-            return None, FieldError(loc, f"{self.name} must be a finite number", "not_finite"), None
+            return None, FieldError((*parent, self.name), f"{self.name} must be a finite number", "not_finite"), None
         if value < self.low or value > self.high:
             return (
                 None,
                 FieldError(
-                    loc,
+                    (*parent, self.name),
                     f"{self.name} = {value:g}{self._suffix} is physically implausible; "
                     f"allowed range is {self.low:g} to {self.high:g}{self._suffix}",
                     "out_of_range",
@@ -100,7 +102,7 @@ class NumberField:
                 None,
             )
         if self.integer and value != int(value):
-            return None, FieldError(loc, f"{self.name} must be a whole number", "not_integer"), None
+            return None, FieldError((*parent, self.name), f"{self.name} must be a whole number", "not_integer"), None
         if value < self.train_low or value > self.train_high:
             return value, None, self.ood_warning(value)
         return value, None, None
@@ -170,47 +172,71 @@ class CategoryField:
         table = {normalise_key(c): c for c in spec.categories}
         table.update({normalise_key(a): c for a, c in spec.aliases.items()})
         self._table = table
-        self._cache: dict[str, tuple[str, bool]] = {}
+        self._values: dict[str, str] = {}
+        """Spellings seen before (not blank) -> the canonical category, or the normalised key if unseen."""
+        self._unseen: set[str] = set()
+        """The spellings among those that name no known category."""
         self._warnings: dict[str, InputWarning] = {}
 
     def lookup(self, raw: str) -> tuple[str, bool]:
         """(canonical or normalised value, known?). Cached: the same spellings recur."""
-        hit = self._cache.get(raw)
-        if hit is not None:
-            return hit
+        value = self._values.get(raw)
+        if value is not None:
+            return value, raw not in self._unseen
         key = normalise_key(raw)
         canonical = self._table.get(key)
-        result = (canonical, True) if canonical is not None else (key, False)
-        if len(self._cache) >= _CATEGORY_CACHE_MAX:
-            self._cache.clear()
-        self._cache[raw] = result
-        return result
+        if key:  # a blank spelling is cheap to normalise again, and must stay out of the fast paths
+            if len(self._values) >= _CATEGORY_CACHE_MAX:
+                self._values.clear()
+                self._unseen.clear()
+            self._values[raw] = key if canonical is None else canonical
+            if canonical is None:
+                self._unseen.add(raw)
+        return (key, False) if canonical is None else (canonical, True)
 
     def lookup_column(self, raw: list[Any]) -> tuple[list[str], list[int]] | None:
-        """(canonical values, indexes of unseen ones) when every value is a non-blank string, else None."""
-        if set(map(type, raw)) != {str}:
-            return None  # missing values or wrong types (some unhashable): the slow path reports them
-        cache = self._cache
-        hits = list(map(cache.get, raw))
-        if None in hits:
-            hits = [hit if hit is not None else self.lookup(v) for hit, v in zip(hits, raw, strict=True)]
-        values = [h[0] for h in hits]  # type: ignore[index]
-        if not all(values):
-            return None  # a blank value: missing, reported (or allowed) by the slow path
-        unknown = [i for i, h in enumerate(hits) if not h[1]]  # type: ignore[index]
-        return values, unknown
+        """(canonical values, indexes of unseen ones) when every value is a non-blank string, else None.
 
-    def check(self, raw: Any, loc: Loc) -> tuple[str | None, FieldError | None, InputWarning | None]:
+        The usual batch (every spelling seen before) costs a few C-level passes over the cache of spellings;
+        anything else is looked up value by value."""
+        try:
+            values: list[Any] = list(map(self._values.__getitem__, raw))
+        except TypeError:
+            return None  # an unhashable value (object, array): the slow path reports it
+        except KeyError:  # a spelling not seen before (or not a string): value by value
+            values = [None] * len(raw)
+            if set(map(type, raw)) != {str}:
+                return None  # missing values or wrong types: the slow path reports them
+            unknown: list[int] = []
+            for i, looked_up in enumerate(map(self.lookup, raw)):
+                value, known = looked_up
+                if not value:
+                    return None  # a blank value: missing, reported (or allowed) by the slow path
+                values[i] = value
+                if not known:
+                    unknown.append(i)
+            return values, unknown
+        present = self._unseen.intersection(raw) if self._unseen else ()
+        unknown = []
+        for spelling in present:  # a few unseen spellings, each found by C-level scans
+            i = -1
+            with suppress(ValueError):
+                while True:
+                    i = raw.index(spelling, i + 1)
+                    unknown.append(i)
+        return values, sorted(unknown)
+
+    def check(self, raw: Any, parent: Loc) -> tuple[str | None, FieldError | None, InputWarning | None]:
         if type(raw) is str:
             value, known = self.lookup(raw)
             if not value:
                 if self.required:
-                    return None, FieldError(loc, f"{self.name} must not be empty", "missing"), None
+                    return None, FieldError((*parent, self.name), f"{self.name} must not be empty", "missing"), None
                 return None, None, None
             if known:
                 return value, None, None
             return value, None, self.unknown_warning(raw)
-        return _absent_or_not_text(self.name, self.required, raw, loc)
+        return _absent_or_not_text(self.name, self.required, raw, parent)
 
     def unknown_warning(self, raw: str) -> InputWarning:
         """The warning for an unseen category (immutable: cached, the same values recur)."""
@@ -244,16 +270,17 @@ class TextField:
             return None
         return raw
 
-    def check(self, raw: Any, loc: Loc) -> tuple[str | None, FieldError | None, InputWarning | None]:
+    def check(self, raw: Any, parent: Loc) -> tuple[str | None, FieldError | None, InputWarning | None]:
         if type(raw) is str:
             if len(raw) > self.max_length:
+                loc = (*parent, self.name)
                 return None, FieldError(loc, f"{self.name} is longer than {self.max_length}", "too_long"), None
             if not raw.strip():
                 if self.required:
-                    return None, FieldError(loc, f"{self.name} must not be empty", "missing"), None
+                    return None, FieldError((*parent, self.name), f"{self.name} must not be empty", "missing"), None
                 return None, None, None
             return raw, None, None
-        return _absent_or_not_text(self.name, self.required, raw, loc)
+        return _absent_or_not_text(self.name, self.required, raw, parent)
 
 
 Field = NumberField | CategoryField | TextField

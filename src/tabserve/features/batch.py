@@ -1,0 +1,207 @@
+"""Validating a batch column by column: the building blocks of ``InstanceValidator.many``.
+
+A batch is transposed once into one list per input, and each column is checked in one pass of C-level
+operations when it is clean (every value a plain number in range, every category a spelling seen before);
+only a column with a problem is checked value by value, with the single-instance checkers, so both paths give
+the same values, warnings and errors. Warnings are kept per row only for the rows that have some.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tabserve.errors import FieldError, RequestValidationError
+from tabserve.features.fields import MISSING, CategoryField, Field, InputWarning, NumberField
+
+Loc = tuple[str | int, ...]
+FloatArray = npt.NDArray[np.float64]
+_NUMBER_TYPES = frozenset({int, float})
+MAX_ERRORS_KEPT = 1000
+MAX_ERRORS_SHOWN = 100
+
+
+WarningRun = tuple[list[int], list[InputWarning]]
+"""Warnings of one column (or of unknown fields): the rows they belong to, and the warning of each."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """A validated batch: one list per input (None = absent) plus warnings, OOD flags and patterns per row.
+
+    Warnings are held as runs (``WarningRun``), unknown-field ones first, then one per input in field order, so
+    appending every run's warnings to its rows gives each row's warnings in the single-instance order.
+    ``arrays`` holds the numeric columns that have no absent value as float64 arrays, and ``complete`` names
+    every column that has no absent value, so the encoder need not look for them again.
+    """
+
+    rows: int
+    columns: dict[str, list[Any]]
+    runs: list[WarningRun]
+    out_of_distribution: list[bool]
+    patterns: list[str]
+    arrays: dict[str, FloatArray]
+    complete: frozenset[str]
+
+    @property
+    def row_warnings(self) -> dict[int, list[InputWarning]]:
+        """Row -> its warnings, for the rows that have some."""
+        return _by_row(self.runs)
+
+    @property
+    def warnings(self) -> list[list[InputWarning]]:
+        """Every row's warnings (an empty list for most rows)."""
+        get = _by_row(self.runs).get
+        return [list(get(i, ())) for i in range(self.rows)]
+
+    def instance_values(self, i: int) -> dict[str, Any]:
+        return {name: col[i] for name, col in self.columns.items()}
+
+
+def _by_row(runs: list[WarningRun]) -> dict[int, list[InputWarning]]:
+    out: dict[int, list[InputWarning]] = {}
+    for rows, warnings in runs:
+        for i, warning in zip(rows, warnings, strict=True):
+            out.setdefault(i, []).append(warning)
+    return out
+
+
+class Accumulator:
+    """Errors, warning runs and OOD flags gathered while a batch is checked column by column."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.errors: list[FieldError] = []
+        self.runs: list[WarningRun] = []
+        self.ood = np.zeros(rows, dtype=bool)
+        self.skip: set[int] = set()
+        self.unknown_fields: set[str] = set()
+        """Inputs that had an unseen category in some row (they change those rows' conformal pattern)."""
+
+    def fail(self, error: FieldError) -> None:
+        self.errors.append(error)
+        if len(self.errors) > MAX_ERRORS_KEPT:
+            self.raise_errors()
+
+    def raise_errors(self) -> None:
+        self.errors.sort(key=_row_of)
+        raise RequestValidationError(self.errors[:MAX_ERRORS_SHOWN])
+
+    def warn(self, rows: list[int], warnings: list[InputWarning]) -> None:
+        """One field's warnings for these rows (in row order): those rows are out of distribution."""
+        if rows:
+            self.runs.append((rows, warnings))
+            self.ood[rows] = True
+            if warnings[0].code == "unknown_category":
+                self.unknown_fields.add(warnings[0].field)
+
+    def check_column(self, checker: Field, raw: list[Any], loc: Loc) -> list[Any]:
+        """The slow path: every value through the single-instance checker."""
+        column: list[Any] = [None] * self.rows
+        skip = self.skip
+        check = checker.check
+        rows: list[int] = []
+        warnings: list[InputWarning] = []
+        for i, value in enumerate(raw):
+            if i in skip:
+                continue
+            out, error, warning = check(value, (*loc, i))
+            if error is not None:
+                self.fail(error)
+                continue
+            column[i] = out
+            if warning is not None:
+                rows.append(i)
+                warnings.append(warning)
+        self.warn(rows, warnings)
+        return column
+
+
+def fast_numbers(checker: NumberField, raw: list[Any], acc: Accumulator) -> tuple[list[float], FloatArray] | None:
+    """The column as floats (and as an array) when every value is a plain, finite, plausible number (and whole
+    where it must be); values outside the training range get their out-of-distribution warning. Else None."""
+    kinds = set(map(type, raw))
+    if not kinds or not kinds <= _NUMBER_TYPES:
+        return None
+    try:
+        array = np.array(raw, dtype=np.float64)
+    except OverflowError:
+        return None
+    low, high = float(array.min()), float(array.max())
+    if not (low >= checker.low and high <= checker.high):  # also false for NaN; ±inf are out of range
+        return None  # an error to report field by field
+    if checker.integer and not np.array_equal(array, np.trunc(array)):
+        return None
+    column: list[float] = raw if kinds == {float} else array.tolist()
+    t_low, t_high = checker.train_low, checker.train_high
+    if low < t_low or high > t_high:
+        outside = np.flatnonzero((array < t_low) | (array > t_high))
+        values = array[outside].tolist()
+        warning_of = {value: checker.ood_warning(value) for value in set(values)}  # few distinct values recur
+        acc.warn(outside.tolist(), list(map(warning_of.__getitem__, values)))
+    return column, array
+
+
+def fast_categories(checker: CategoryField, raw: list[Any], acc: Accumulator) -> list[str] | None:
+    """The column in canonical spelling when every value is a non-empty string; unseen values get their
+    unknown-category warning. Else None (slow path: missing values, wrong types)."""
+    looked_up = checker.lookup_column(raw)
+    if looked_up is None:
+        return None
+    column, unknown = looked_up
+    acc.warn(unknown, [checker.unknown_warning(raw[i]) for i in unknown])
+    return column
+
+
+def patterns(names: tuple[str, ...], columns: dict[str, list[Any]], acc: Accumulator) -> list[str]:
+    """Conformal pattern per row: an input counts as given when present and not an unknown category (the
+    model encodes an unknown category like an absent one, so it must get the same conformal table)."""
+    rows = acc.rows
+    if not names:
+        return [""] * rows
+    if not acc.unknown_fields.intersection(names) and not any(None in columns[name] for name in names):
+        return ["1" * len(names)] * rows  # the usual batch: every pattern input given in every row
+    flags = [["0" if v is None else "1" for v in columns[name]] for name in names]
+    out = ["".join(chars) for chars in zip(*flags, strict=True)]
+    if acc.unknown_fields.intersection(names):
+        for i, row_warnings in _by_row(acc.runs).items():
+            unknown = {w.field for w in row_warnings if w.code == "unknown_category"}
+            if unknown & set(names):
+                out[i] = "".join("0" if n in unknown else c for n, c in zip(names, out[i], strict=True))
+    return out
+
+
+def uniform_columns(objs: Sequence[Any], names: Sequence[str]) -> dict[str, list[Any]] | None:
+    """Columns of a batch whose rows are all objects with the same keys, every key one of ``names`` (the usual
+    batch), in C-level passes; None when the rows differ (then ``columns`` and a row-by-row check apply).
+    A field absent from every row is a shared column of ``MISSING``."""
+    if not objs or type(objs[0]) is not dict or set(map(type, objs)) != {dict}:
+        return None
+    keys = list(objs[0])
+    if not keys or not set(keys) <= set(names) or set(map(len, objs)) != {len(keys)}:
+        return None
+    n = len(objs)
+    columns: dict[str, list[Any]] = dict.fromkeys(names, [MISSING] * n)  # shared, never mutated
+    try:
+        if len(keys) == 1:
+            columns[keys[0]] = list(map(itemgetter(keys[0]), objs))
+        else:  # same size and every key present: the same key set
+            for name, column in zip(keys, zip(*map(itemgetter(*keys), objs), strict=True), strict=True):
+                columns[name] = list(column)
+    except KeyError:
+        return None
+    return columns
+
+
+def columns(objs: Sequence[Any], names: Sequence[str]) -> dict[str, list[Any]]:
+    """Columns of any batch, one ``dict.get`` per cell; absent fields and non-object rows are ``MISSING``."""
+    return {name: [o.get(name, MISSING) if type(o) is dict else MISSING for o in objs] for name in names}
+
+
+def _row_of(error: FieldError) -> int:
+    return error.loc[2] if len(error.loc) > 2 and isinstance(error.loc[2], int) else -1
