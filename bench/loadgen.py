@@ -76,11 +76,20 @@ def wrk_command(url: str, connections: int, duration_s: int, settings: LoadSetti
 
 
 def run_wrk(
-    url: str, body_path: Path, connections: int, duration_s: int, settings: LoadSettings, raw_path: Path
+    url: str,
+    body_path: Path,
+    connections: int,
+    duration_s: int,
+    settings: LoadSettings,
+    raw_path: Path,
+    *,
+    tagged: bool = False,
 ) -> WrkResult:
-    """Run wrk once, keep its stdout under ``raw_path`` and parse the result line."""
+    """Run wrk once, keep its stdout under ``raw_path`` and parse the result line. ``tagged``: every request
+    carries its own X-Request-Id and post.lua times each one (exact latency per status, see wrkresult)."""
     env = dict(os.environ)
     env["BENCH_BODY"] = str(body_path)
+    env["BENCH_TAG"] = "1" if tagged else "0"
     cmd = wrk_command(url, connections, duration_s, settings)
     try:
         done = subprocess.run(
@@ -128,13 +137,15 @@ def run_point(
     settings: LoadSettings,
     raw_dir: Path,
     sample_pid: int | None = None,
+    tagged: bool = False,
 ) -> PointResult:
     """Warm up for ``warmup_s`` then measure for ``duration_s`` at ``connections``."""
-    warm = run_wrk(url, body_path, connections, settings.warmup_s, settings, raw_dir / f"{name}.warmup.txt")
+    warm_path, path = raw_dir / f"{name}.warmup.txt", raw_dir / f"{name}.txt"
+    warm = run_wrk(url, body_path, connections, settings.warmup_s, settings, warm_path, tagged=tagged)
     time.sleep(0.2)
     if sample_pid is None:
-        measured = run_wrk(url, body_path, connections, settings.duration_s, settings, raw_dir / f"{name}.txt")
+        measured = run_wrk(url, body_path, connections, settings.duration_s, settings, path, tagged=tagged)
         return PointResult(name, connections, body_key, warm, measured)
     with RssSampler(sample_pid) as sampler:
-        measured = run_wrk(url, body_path, connections, settings.duration_s, settings, raw_dir / f"{name}.txt")
+        measured = run_wrk(url, body_path, connections, settings.duration_s, settings, path, tagged=tagged)
     return PointResult(name, connections, body_key, warm, measured, sampler.samples)

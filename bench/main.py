@@ -23,6 +23,7 @@ from typing import Any
 
 from bench.bodies import write_bodies
 from bench.loadgen import LoadError, LoadSettings, run_point
+from bench.overload import run_overload
 from bench.procs import (
     Server,
     ServerStartError,
@@ -35,7 +36,8 @@ from bench.procs import (
 from bench.profile import profile_under_load
 from bench.report import write_report
 from bench.sigterm import sigterm_under_load
-from bench.targets import BATCH_ROWS, C16, REPO, WORK, Point, Target, all_targets
+from bench.targets import BATCH_ROWS, C16, REPO, WORK, Target, all_targets
+from bench.verdict import point_line
 from bench.wrkresult import WrkOutputError
 
 SECTIONS = ("tabserve", "tabserve-log", "floor", "typical", "mlserver", "overload", "sigterm")
@@ -56,6 +58,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--overload-queue-ms", type=float, default=20.0, help="TABSERVE_MAX_QUEUE_MS when overloaded (load shedding)"
     )
     parser.add_argument("--overload-target", default="tabserve", choices=("tabserve", "floor"))
+    parser.add_argument(
+        "--overload-baseline",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also measure a second overload server with this extra environment (repeatable), reported side by "
+        "side, e.g. TABSERVE_SHED_AT_PARSE=false",
+    )
     parser.add_argument("--sigterm-target", default="tabserve-log", choices=("tabserve", "tabserve-log", "floor"))
     parser.add_argument(
         "--tabserve-env",
@@ -114,14 +124,20 @@ def loadavg() -> str:
         return "?"
 
 
-def with_tabserve_env(targets: dict[str, Target], pairs: list[str]) -> dict[str, Target]:
-    """Apply ``--tabserve-env KEY=VALUE`` to every tabserve target."""
+def env_pairs(pairs: list[str], option: str) -> dict[str, str]:
+    """``["KEY=VALUE", ...]`` as a dict; anything else is a usage error naming ``option``."""
     extra: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--tabserve-env wants KEY=VALUE, got {pair!r}")
+            raise SystemExit(f"{option} wants KEY=VALUE, got {pair!r}")
         extra[key] = value
+    return extra
+
+
+def with_tabserve_env(targets: dict[str, Target], pairs: list[str]) -> dict[str, Target]:
+    """Apply ``--tabserve-env KEY=VALUE`` to every tabserve target."""
+    extra = env_pairs(pairs, "--tabserve-env")
     if not extra:
         return targets
     return {
@@ -208,7 +224,7 @@ def run_target(
                 points[p.key] = result.summary()
             except (LoadError, WrkOutputError) as exc:
                 points[p.key] = f"load failed: {exc}"
-            print(f"  {target.name}.{p.key}: {_line(points[p.key])}", flush=True)
+            print(f"  {target.name}.{p.key}: {point_line(points[p.key])}", flush=True)
         info["rss_mb"] = rss_mb(server.pid)
         if py_spy is not None:
             url = f"http://127.0.0.1:{server.port}{target.predict_path}"
@@ -226,64 +242,6 @@ def run_target(
         if server is not None:
             stop(server.proc)
     return info, points
-
-
-def _line(summary: Any) -> str:
-    if not isinstance(summary, dict):
-        return str(summary)
-    lat = summary["latency_ms"]
-    return f"{summary['ok_rps']:,.0f} req/s p50 {lat['50']:.3f} ms p99 {lat['99']:.3f} ms non-2xx {summary['non_2xx']}"
-
-
-def overload_target(base: Target, in_flight: int, queue_ms: float = 20.0) -> Target:
-    """The overload server: tabserve with TABSERVE_MAX_IN_FLIGHT and TABSERVE_MAX_QUEUE_MS (its load-shedding
-    bounds, set for a latency target), or the floor with uvicorn's limit."""
-    if base.kind == "tabserve":
-        env = {**base.env, "TABSERVE_MAX_IN_FLIGHT": str(in_flight), "TABSERVE_MAX_QUEUE_MS": f"{queue_ms:g}"}
-        return replace(base, name="overload", env=env)
-    argv = base.argv
-    return replace(base, name="overload", argv=lambda port: [*argv(port), "--limit-concurrency", str(in_flight)])
-
-
-def run_overload(
-    base: Target, args: argparse.Namespace, bodies: dict[str, Path], settings: LoadSettings, raw: Path
-) -> dict[str, Any]:
-    target = overload_target(base, args.overload_in_flight, args.overload_queue_ms)
-    out: dict[str, Any] = {
-        "target": base.name,
-        "max_in_flight": args.overload_in_flight,
-        "max_queue_ms": args.overload_queue_ms,
-    }
-    server = start(target, raw, "overload")
-    try:
-        url = f"http://127.0.0.1:{server.port}{target.predict_path}"
-        out["reference"] = run_point(
-            "overload.reference", url, C16.body, bodies[C16.body], C16.connections, settings, raw
-        ).summary()
-        over = Point("overload", C16.body, args.overload_connections)
-        # warm the overload point first (wrk's warm-up), then sample RSS right before the measured run
-        out["rss_before_mb"] = rss_mb(server.pid)["tree"]
-        result = run_point(
-            "overload.c" + str(over.connections),
-            url,
-            over.body,
-            bodies[over.body],
-            over.connections,
-            settings,
-            raw,
-            sample_pid=server.pid,
-        )
-        out["overload"] = result.summary()
-        out["rss_after_mb"] = rss_mb(server.pid)["tree"]
-        print(
-            f"  overload.reference: {_line(out['reference'])}\n"
-            f"  overload.c{over.connections}: {_line(out['overload'])}",
-            flush=True,
-        )
-    finally:
-        out["exit_code"] = stop(server.proc)
-        trim_log(server.log_path)
-    return out
 
 
 def run_sigterm(base: Target, bodies: dict[str, Path], raw: Path) -> dict[str, Any]:
@@ -362,8 +320,14 @@ def main(argv: list[str]) -> int:
         results["overload"] = (
             {"error": missing}
             if base.kind == "tabserve" and missing
-            else _guard(lambda: run_overload(base, args, bodies, settings, raw))
+            else _guard(lambda: run_overload(base, args, bodies, settings, raw, start, trim=trim_log))
         )
+        if args.overload_baseline and not (base.kind == "tabserve" and missing):
+            extra = env_pairs(args.overload_baseline, "--overload-baseline")
+            print(f"[bench] overload baseline ({' '.join(args.overload_baseline)})", flush=True)
+            results["overload_baseline"] = _guard(
+                lambda: run_overload(base, args, bodies, settings, raw, start, "overload-baseline", extra, trim_log)
+            )
     if "sigterm" in sections:
         print("[bench] SIGTERM under load", flush=True)
         base = targets[args.sigterm_target]

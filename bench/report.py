@@ -7,9 +7,15 @@ Input is the JSON-able ``results`` dict that bench/main.py builds (``servers``, 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from bench.overload import overload_checks, overload_markdown
+from bench.verdict import Check, markdown_table
+from bench.verdict import fmt as _fmt
+from bench.verdict import le as _le
+from bench.verdict import verdict as _verdict
 
 PEERS = ("typical", "mlserver")
 
@@ -22,19 +28,6 @@ LOG_ON_MAX_SLOWDOWN = 0.10
 BATCH_ROWS_PER_S = 500_000.0
 COLD_START_S = 1.0
 RSS_MB = 120.0
-OVERLOAD_P99_FACTOR = 5.0
-MEMORY_FLAT_SHARE = 0.10
-OVERLOAD_MIN_GOODPUT = 0.5  # admitted req/s under overload vs the reference: shedding must not starve the worker
-
-
-@dataclass(frozen=True)
-class Check:
-    """One target: what was measured against what, and the verdict."""
-
-    name: str
-    target: str
-    measured: str
-    status: str  # "pass" | "fail" | "n/a"
 
 
 def point(results: dict[str, Any], server: str, key: str) -> dict[str, Any] | None:
@@ -59,14 +52,6 @@ def latency(results: dict[str, Any], server: str, key: str, pct: str) -> float |
 def batch_rows_per_s(results: dict[str, Any], server: str, rows: int) -> float | None:
     found = point(results, server, "batch")
     return None if found is None else float(found["ok_rps"]) * rows
-
-
-def _verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("pass" if ok else "fail")
-
-
-def _fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
-    return "—" if value is None else f"{value:,.{digits}f}{suffix}"
 
 
 def best_peer(results: dict[str, Any]) -> tuple[str, float] | None:
@@ -148,10 +133,6 @@ def compute_checks(results: dict[str, Any]) -> list[Check]:
     return checks
 
 
-def _le(value: float | None, bound: float) -> bool | None:
-    return None if value is None else value <= bound
-
-
 def _statuses_check(results: dict[str, Any]) -> Check:
     """Outside the overload test every response must be 2xx and nothing may time out."""
     bad: list[str] = []
@@ -165,59 +146,6 @@ def _statuses_check(results: dict[str, Any]) -> Check:
                 bad.append(f"{server}/{key}")
     measured = "none" if not bad else ", ".join(bad)
     return Check("non-2xx / timeouts / socket errors", "none", measured, _verdict(None if seen == 0 else not bad))
-
-
-def overload_checks(overload: dict[str, Any] | None) -> list[Check]:
-    """Admitted p99 within 5× the reference p99, the rest 503 (fast), no timeouts, memory flat."""
-    if not overload or "overload" not in overload or "reference" not in overload:
-        return [Check("overload", "admitted p99 ≤ 5× unloaded, rest fast 503s", "—", "n/a")]
-    ref = overload["reference"]["latency_ms"]["99"]
-    over = overload["overload"]
-    admitted = over.get("p99_2xx_upper_ms")
-    rejected = over.get("p99_non2xx_upper_ms")
-    bound = OVERLOAD_P99_FACTOR * ref
-    statuses = {k: v for k, v in over["statuses"].items() if not k.startswith("2")}
-    only_503 = set(statuses) <= {"503"}
-    rss_before = overload.get("rss_before_mb")
-    rss_after = overload.get("rss_after_mb")
-    samples = over.get("rss_samples_mb") or []
-    peak = max([*samples, rss_after or 0.0]) if rss_after is not None else None
-    growth = None if rss_before is None or peak is None else (peak - rss_before) / rss_before
-    factor = over["connections"] // max(overload["reference"]["connections"], 1)
-    ref_rps = float(overload["reference"]["ok_rps"])
-    goodput = float(over["ok_rps"]) / ref_rps if ref_rps > 0 else 0.0
-    return [
-        Check(
-            f"overload ×{factor}: admitted p99 (upper bound)",
-            f"≤ 5 × {ref:.3f} ms",
-            _fmt(admitted, 3, " ms"),
-            _verdict(_le(admitted, bound)),
-        ),
-        Check(
-            "overload: admitted req/s (goodput) vs reference",
-            f"≥ {OVERLOAD_MIN_GOODPUT:.0%}",
-            f"{over['ok_rps']:,.0f} of {overload['reference']['ok_rps']:,.0f} req/s ({goodput:.1%})",
-            _verdict(goodput >= OVERLOAD_MIN_GOODPUT),
-        ),
-        Check(
-            "overload: the rest are fast 503s",
-            f"only 503, p99 ≤ {bound:.3f} ms",
-            f"{over['non_2xx']:,} non-2xx {sorted(statuses)}; p99 ≤ {_fmt(rejected, 3, ' ms')}",
-            _verdict(only_503 and (rejected is None or rejected <= bound)),
-        ),
-        Check(
-            "overload: no timeouts / socket errors",
-            "0",
-            f"{over['timeouts']} timeouts, {over['socket_errors']} socket errors",
-            _verdict(over["timeouts"] == 0 and over["socket_errors"] == 0),
-        ),
-        Check(
-            "overload: memory flat",
-            f"peak ≤ +{MEMORY_FLAT_SHARE:.0%}",
-            "—" if growth is None else f"{rss_before:.1f} → peak {peak:.1f} MB ({growth:+.1%})",
-            _verdict(_le(growth, MEMORY_FLAT_SHARE)),
-        ),
-    ]
 
 
 def sigterm_checks(sig: dict[str, Any] | None) -> list[Check]:
@@ -276,12 +204,6 @@ def main_table(results: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def markdown_table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "|".join("---" for _ in rows[0]) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
-    return "\n".join(lines)
-
-
 def render_markdown(results: dict[str, Any], checks: list[Check]) -> str:
     """The whole report as Markdown (bench/results/latest.md)."""
     meta = results.get("meta", {})
@@ -314,21 +236,7 @@ def render_markdown(results: dict[str, Any], checks: list[Check]) -> str:
     table = [["check", "target", "measured", "verdict"]]
     table += [[c.name, c.target, c.measured, c.status.upper() if c.status == "fail" else c.status] for c in checks]
     out += [markdown_table(table), ""]
-    overload = results.get("overload")
-    if overload and "overload" in overload:
-        over = overload["overload"]
-        out += ["## Overload", ""]
-        ref = overload["reference"]
-        out.append(
-            f"In-flight bound {overload.get('max_in_flight')}, queue-wait bound {overload.get('max_queue_ms')} ms "
-            f"({overload.get('target')}); reference "
-            f"{ref['connections']} conns: {ref['ok_rps']:,.0f} req/s, p99 {ref['latency_ms']['99']:.3f} ms; "
-            f"overload {over['connections']} conns: {over['ok_rps']:,.0f} admitted req/s, statuses {over['statuses']}, "
-            f"admitted p99 ≤ {_fmt(over.get('p99_2xx_upper_ms'), 3)} ms, non-2xx p99 ≤ "
-            f"{_fmt(over.get('p99_non2xx_upper_ms'), 3)} ms, RSS {overload.get('rss_before_mb')} → "
-            f"{overload.get('rss_after_mb')} MB."
-        )
-        out.append("")
+    out += overload_markdown(results)
     sig = results.get("sigterm")
     if sig and "failed_before_signal" in sig:
         out += ["## SIGTERM under load", ""]
@@ -341,7 +249,7 @@ def render_markdown(results: dict[str, Any], checks: list[Check]) -> str:
         )
         out.append("")
     errors = {k: v["error"] for k, v in results.get("servers", {}).items() if v.get("error")}
-    for key in ("overload", "sigterm"):
+    for key in ("overload", "overload_baseline", "sigterm"):
         section = results.get(key)
         if isinstance(section, dict) and section.get("error"):
             errors[key] = section["error"]

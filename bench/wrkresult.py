@@ -7,7 +7,9 @@ The Lua ``done()`` hook prints the overall latency histogram's quantiles plus tw
   it is a guaranteed upper bound on the p99 of the admitted (2xx) requests, whatever the 503s' latencies are.
 * ``p99_non2xx_upper``: the same bound for the non-2xx responses (quantile at ``100 - (1 - f)`` percent).
 
-wrk cannot tell latencies per status; these bounds are what the overload check uses.
+wrk cannot tell latencies per status. With ``BENCH_TAG=1`` post.lua times each request itself (a unique
+``X-Request-Id`` per request, echoed by the server) and adds ``by_status_us``: the exact quantiles of the 2xx and
+of the non-2xx responses. The overload check uses them when every response was timed, the bounds otherwise.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class WrkResult:
     latency_us: dict[str, float]
     percentiles_us: dict[str, float]
     bounds_us: dict[str, float] = field(default_factory=dict)
+    by_status_us: dict[str, dict[str, float]] = field(default_factory=dict)
+    untimed: int | None = None
 
     @property
     def rps(self) -> float:
@@ -94,6 +98,17 @@ class WrkResult:
         value = self.bounds_us.get("p99_non2xx_upper")
         return None if value is None else value / 1000.0
 
+    def exact_ms(self, kind: str, p: str = "99") -> float | None:
+        """Exact quantile of the ``"2xx"`` or ``"non2xx"`` responses (tagged runs where every response was
+        timed); None otherwise or when there was no response of that kind."""
+        if self.untimed != 0:
+            return None
+        found = self.by_status_us.get(kind, {})
+        if not found.get("count"):
+            return None
+        value = found.get(p)
+        return None if value is None else value / 1000.0
+
     @property
     def counts_agree(self) -> bool:
         """Every completed request went through the response hook (status counts add up to wrk's total)."""
@@ -116,6 +131,21 @@ class WrkResult:
             "latency_max_ms": round(self.latency_us.get("max", 0.0) / 1000.0, 3),
             "p99_2xx_upper_ms": _round(self.p99_2xx_upper_ms),
             "p99_non2xx_upper_ms": _round(self.p99_non2xx_upper_ms),
+            **self._exact_summary(),
+        }
+
+    def _exact_summary(self) -> dict[str, Any]:
+        if self.untimed is None:
+            return {}
+        by_status = {
+            kind: {k: (int(v) if k == "count" else round(v / 1000.0, 3)) for k, v in values.items()}
+            for kind, values in self.by_status_us.items()
+        }
+        return {
+            "p99_2xx_ms": _round(self.exact_ms("2xx")),
+            "p99_non2xx_ms": _round(self.exact_ms("non2xx")),
+            "by_status_ms": by_status,
+            "untimed": self.untimed,
         }
 
 
@@ -139,6 +169,12 @@ def parse_wrk_output(text: str) -> WrkResult:
             latency_us={k: float(latency[k]) for k in ("min", "mean", "max", "stdev")},
             percentiles_us={str(k): float(v) for k, v in latency["percentiles"].items()},
             bounds_us={str(k): float(v) for k, v in data.get("bounds_us", {}).items()},
+            by_status_us={
+                kind: {str(k): float(v) for k, v in values.items()}
+                for kind, values in data.get("by_status_us", {}).items()
+                if isinstance(values, dict)
+            },
+            untimed=int(data["by_status_us"]["untimed"]) if "by_status_us" in data else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise WrkOutputError(f"malformed {MARKER.strip()} line: {exc}") from exc

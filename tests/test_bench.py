@@ -6,6 +6,7 @@ Nothing here starts a server or measures time; the harness itself is exercised b
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,31 @@ def test_parse_wrk_output_drops_bounds_when_no_response_of_that_kind() -> None:
 def test_parse_wrk_output_rejects_missing_or_malformed_line(text: str) -> None:
     with pytest.raises(WrkOutputError):
         parse_wrk_output(text)
+
+
+def tagged_line(statuses: dict[str, int], ok_p99_us: int, err_p99_us: int, untimed: int = 0) -> str:
+    """A wrk line from a tagged run (post.lua with BENCH_TAG=1): exact quantiles per status class."""
+    data = json.loads(wrk_line(statuses, bounds=(90_000, 80_000)).split("BENCH_JSON ", 1)[1])
+    ok = sum(v for k, v in statuses.items() if k.startswith("2"))
+    data["by_status_us"] = {
+        "2xx": {"count": ok, "50": ok_p99_us // 2, "90": ok_p99_us, "99": ok_p99_us, "99.9": ok_p99_us, "max": 1},
+        "non2xx": {"count": sum(statuses.values()) - ok, "50": 100, "90": 200, "99": err_p99_us, "max": 1},
+        "untimed": untimed,
+    }
+    return "BENCH_JSON " + json.dumps(data) + "\n"
+
+
+def test_tagged_run_gives_exact_latency_per_status() -> None:
+    result = parse_wrk_output(tagged_line({"200": 9_000, "503": 1_000}, 20_000, 3_000))
+    assert result.exact_ms("2xx") == pytest.approx(20.0)
+    assert result.exact_ms("non2xx") == pytest.approx(3.0)
+    out = result.summary()
+    assert out["p99_2xx_ms"] == pytest.approx(20.0) and out["p99_2xx_upper_ms"] == pytest.approx(90.0)
+    assert out["by_status_ms"]["non2xx"]["count"] == 1_000
+    # a response the server did not tag (no echoed id) makes the exact figures unusable: back to the bounds
+    untimed = parse_wrk_output(tagged_line({"200": 9_000, "503": 1_000}, 20_000, 3_000, untimed=5))
+    assert untimed.exact_ms("2xx") is None and untimed.summary()["p99_2xx_ms"] is None
+    assert "p99_2xx_ms" not in parse_wrk_output(wrk_line({"200": 5})).summary()  # untagged run
 
 
 def test_counts_agree_false_when_hook_missed_responses() -> None:
@@ -172,6 +198,31 @@ def test_overload_checks_pass_with_fast_503s_and_bounded_admitted_p99() -> None:
 def test_overload_checks_fail_on_slow_admitted_other_status_and_growth() -> None:
     checks = report.overload_checks(overload_fixture(12_000, {"200": 90_000, "500": 5}, 100.0))
     assert [c.status for c in checks] == ["fail", "pass", "fail", "pass", "fail"]
+
+
+def test_overload_checks_use_the_measured_p99_when_the_run_was_tagged() -> None:
+    overload = overload_fixture(90_000, {"200": 90_000, "503": 60_000}, 81.0)
+    tagged = parse_wrk_output(tagged_line({"200": 90_000, "503": 60_000}, 8_000, 4_000)).summary()
+    overload["overload"] = {**overload["overload"], **tagged, "connections": 160}
+    checks = report.overload_checks(overload)
+    assert checks[0].name == "overload ×10: admitted p99 (measured)" and checks[0].status == "pass"
+    assert checks[2].status == "pass"  # the 503s: 4 ms measured (the bound said 80)
+    markdown = report.render_markdown({"overload": overload}, checks)
+    assert "| as configured |" in markdown and "8.00 ms" in markdown
+
+
+def test_cpu_figures_of_the_overload_section(tmp_path: Path) -> None:
+    from bench.overload import cpu_per_refusal_us, cpu_seconds
+
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "stat").write_text("42 (tab serve) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 3 0\n")
+    assert cpu_seconds(42, tmp_path) == pytest.approx(300 / os.sysconf("SC_CLK_TCK"))
+    assert cpu_seconds(43, tmp_path) is None
+    section = {
+        "reference": {"cpu_us_per_response": 200.0},
+        "overload": {"cpu_s": 5.0, "requests": 40_000, "non_2xx": 20_000, "warmup": {"requests": 0, "non_2xx": 0}},
+    }
+    assert cpu_per_refusal_us(section) == pytest.approx(50.0)  # (5 s - 20,000 x 200 µs) / 20,000
 
 
 def test_overload_checks_fail_when_shedding_starves_admitted_requests() -> None:
