@@ -169,3 +169,9 @@ def test_request_ids_are_32_hex_and_time_ordered_when_generated() -> None:
     assert all(first < r for r in later)
     assert len(set(later)) == 100
     assert abs(int(first[:12], 16) / 1000 - time.time()) < 5
+
+
+def test_sqlite_page_cache_is_small_when_connected(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "log.sqlite")
+    assert store._conn().execute("PRAGMA cache_size").fetchone()[0] == -512  # KiB (SQLite's default: 2,000)
+    store.close()

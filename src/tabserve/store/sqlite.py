@@ -58,10 +58,14 @@ class SqliteStore(SqlStore):
     json_placeholder = "?"
     migrations = MIGRATIONS
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = 5.0) -> None:
+    def __init__(self, path: Path, *, busy_timeout_s: float = 5.0, cache_kib: int = 512) -> None:
         super().__init__()
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
+        self.cache_kib = cache_kib
+        """Page cache per connection (SQLite's default is 2,000 KiB). Inserts only touch the right edge of
+        the table and of its indexes (time-ordered keys), feedback and drift read a few pages: 512 KiB keeps
+        the writer's resident memory ~1.5 MB lower for the same CPU."""
 
     @property
     def _errors(self) -> tuple[type[BaseException], ...]:
@@ -83,6 +87,7 @@ class SqliteStore(SqlStore):
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA cache_size=-{self.cache_kib}")
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
         except sqlite3.Error:
             conn.close()
