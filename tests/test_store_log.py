@@ -268,3 +268,40 @@ def test_odd_json_values_are_kept_when_not_serialisable(store: SqliteStore) -> N
     store.write([odd])
     (row,) = store.export(None, None, False)
     assert row["inputs_raw"] == {"when": "1.5", "3": "b'x'", "big": str(2**80)}
+
+
+def test_full_queue_waits_for_the_writer_when_database_healthy(store: SqliteStore, tmp_path: Path) -> None:
+    log, observer = make_log(store, tmp_path, queue_size=10, batch_size=5)
+    log.start()
+    records = [record(i) for i in range(300)]
+    for start in range(0, len(records), 3):
+        log.submit(records[start : start + 3])  # far faster than the writer: the queue is full most of the time
+    assert log.flush(10)
+    assert observer.total_spilled == 0  # waited for room instead of spilling (and replaying) a healthy log
+    assert db_keys(store) == keys(records)
+    assert log.close(5)
+
+
+def test_full_queue_spills_after_a_short_wait_when_writer_stuck(store: SqliteStore, tmp_path: Path) -> None:
+    store.migrate()
+    log, observer = make_log(store, tmp_path, queue_size=10, batch_size=5, retry_delays_s=(5.0,), max_wait_s=0.1)
+    log.start()
+    blocker = sqlite3.connect(store.path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # the writer's batch fails, then it sits in its 5 s retry delay
+    try:
+        records = [record(i) for i in range(40)]
+        started = time.monotonic()
+        for start in range(0, len(records), 5):
+            log.submit(records[start : start + 5])
+        assert time.monotonic() - started < 2.0  # at most a short wait per submit, never the writer's retry
+        assert observer.total_spilled > 0
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    log.close(2)  # clean or not (the writer may be in its retry delay), nothing is lost either way
+    restarted, _ = make_log(store, tmp_path)
+    restarted.start()
+    wait_until(lambda: restarted.spill.pending == 0)
+    assert restarted.flush(5)
+    assert sorted(db_keys(store)) == sorted(keys(records))
+    assert restarted.close(5)

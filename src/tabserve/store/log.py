@@ -5,8 +5,9 @@ batches. When the database fails, the writer retries with backoff, then appends 
 file (fsync per batch) and probes the database with growing delays; once a write succeeds again the
 spill is replayed in order (exactly once: the store ignores an existing ``(request_id, index)``) before
 new batches. While anything is spilled, new batches are spilled behind it, so the log keeps its order.
-A full queue makes ``submit`` write straight to the spill; a spill that cannot be written is a loud
-error plus the ``spill_failed`` metric, never a silent drop. A spill left by an earlier process is
+A full queue makes ``submit`` wait for the writer (at most ``max_wait_s``) while the database is
+healthy, and write straight to the spill otherwise; a spill that cannot be written is a loud error plus
+the ``spill_failed`` metric, never a silent drop. A spill left by an earlier process is
 replayed by the writer as soon as it starts.
 """
 
@@ -80,6 +81,7 @@ class PredictionLog:
         observer: LogObserver | None = None,
         retry_delays_s: Sequence[float] = (0.05, 0.2),
         probe_max_s: float = 5.0,
+        max_wait_s: float = 0.25,
     ) -> None:
         if queue_size < 1 or batch_size < 1 or flush_interval_s <= 0:
             raise ValueError("queue_size and batch_size must be >= 1 and flush_interval_s > 0")
@@ -94,6 +96,8 @@ class PredictionLog:
         self.retry_delays_s = tuple(retry_delays_s)
         self.probe_min_s = self.retry_delays_s[0] if self.retry_delays_s else 0.05
         self.probe_max_s = probe_max_s
+        self.max_wait_s = max_wait_s
+        """How long ``submit`` waits for room when the queue is full but the database is healthy."""
         self._queue: deque[list[LogRow]] = deque()
         """One entry per ``submit`` (a request's rows); ``_queued`` counts the rows."""
         self._queued = 0
@@ -151,18 +155,22 @@ class PredictionLog:
 
     # -- request path ----------------------------------------------------------------------------------
     def submit(self, records: Sequence[PredictionRecord]) -> None:
-        """Hand records to the log: never blocks on I/O (unless the queue is full: then they are spilled)."""
+        """Hand records to the log: no I/O unless the queue is full (see ``submit_rows``)."""
         self.submit_rows([record_row(r) for r in records])
 
     def submit_rows(self, rows: list[LogRow]) -> None:
         """``submit`` for rows already encoded (the request path: see ``observe.PredictionObserver``).
 
-        The list is queued as it is (one entry per call, whatever its length): the caller hands it over."""
+        The list is queued as it is (one entry per call, whatever its length): the caller hands it over.
+        Never does I/O while there is room. A full queue waits for the writer if the database is healthy
+        (``_wait_for_room``), else (or after ``max_wait_s``) the rows are spilled."""
         n = len(rows)
         if n == 0:
             return
         with self._cond:
-            if not self._stopping.is_set() and self._queued + n <= self.queue_size:
+            if self._stopping.is_set():
+                pass
+            elif self._queued + n <= self.queue_size or self._wait_for_room(n):
                 self._queue.append(rows)
                 self._queued += n
                 self._accepted += n
@@ -170,6 +178,27 @@ class PredictionLog:
                     self._cond.notify()
                 return
         self._spill_or_fail(rows)
+
+    def _wait_for_room(self, n: int) -> bool:
+        """Queue full: if the database is healthy the writer is only behind (it shares the core and the GIL
+        with the request path), so wait for it, up to ``max_wait_s``, rather than spill. Spilling would
+        cost far more: an fsync here, then the writer spills behind it and replays it all. Called with
+        ``_cond`` held; the wait releases it (and the GIL). The writer wakes waiters when it has written a
+        batch, not when it takes one: while the request path waits, every statement the writer runs gets the
+        GIL back at once instead of after the event loop's switch interval (5 ms per statement)."""
+        if n > self.queue_size or not self._db_ok or self.spill.pending or not self._writer_alive():
+            return False
+        deadline = time.monotonic() + self.max_wait_s
+        self._cond.notify_all()
+        while self._queued + n > self.queue_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stopping.is_set() or not self._db_ok:
+                return False
+            self._cond.wait(remaining)
+        return True
+
+    def _writer_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     @property
     def queue_depth(self) -> int:
