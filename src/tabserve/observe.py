@@ -63,9 +63,10 @@ class PredictionObserver:
 def log_rows(outcome: Outcome) -> list[LogRow]:
     """The prediction log's rows for one predict call, JSON columns encoded here, once.
 
-    Encoding on the request path keeps the queue compact and free of references to the request's objects
-    (the answers are completed by the route after the hooks run). A batch is encoded from its columns
-    directly: no per-row record objects, no ``Outcome.values()`` dicts kept.
+    Encoding on the request path keeps the queue compact (one tuple of strings per row, no reference to the
+    request's objects, which the route still completes after the hooks run) and leaves the writer thread
+    nothing to do under the GIL but bind. Plain ``orjson.dumps`` first; only if it refuses a value (a
+    non-string key, an integer beyond 64 bits, a Decimal) is the request encoded again the careful way.
     """
     now = time.time()
     latency_ms = (time.perf_counter() - outcome.started) * 1000.0
