@@ -2,8 +2,9 @@
 
 One server with ``TABSERVE_MAX_IN_FLIGHT`` / ``TABSERVE_MAX_QUEUE_MS`` set: a reference point at 16 connections,
 then 160, both with warm-up, RSS sampled every second. Requests are tagged (bench/wrk/post.lua ``BENCH_TAG``),
-so the admitted and the refused requests' latencies are measured separately. ``--overload-baseline KEY=VALUE``
-measures a second server with extra environment the same way, for a side-by-side row.
+so the admitted and the refused requests' latencies are measured separately. Each ``--overload-baseline
+KEY=VALUE[,KEY=VALUE]`` measures one more server with that extra environment the same way, for a side-by-side row
+(e.g. the app-level admission of before: ``TABSERVE_SHED_AT_PARSE=false,TABSERVE_MAX_QUEUE_MS=20``).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def cpu_per_refusal_us(section: dict[str, Any]) -> float | None:
     return round((float(cpu_s) * 1e6 - int(admitted) * float(ref_us)) / int(refused), 1)
 
 
-def overload_target(base: Target, in_flight: int, queue_ms: float = 20.0) -> Target:
+def overload_target(base: Target, in_flight: int, queue_ms: float) -> Target:
     """The overload server: tabserve with TABSERVE_MAX_IN_FLIGHT and TABSERVE_MAX_QUEUE_MS (its load-shedding
     bounds, set for a latency target), or the floor with uvicorn's limit."""
     if base.kind == "tabserve":
@@ -197,7 +198,7 @@ def overload_checks(overload: dict[str, Any] | None) -> list[Check]:
 
 
 def overload_table(results: dict[str, Any]) -> list[list[str]]:
-    """One row per overload server (as configured, and the ``--overload-baseline`` one if it ran)."""
+    """One row per overload server: as configured, then each ``--overload-baseline`` one."""
     table = [
         [
             "server",
@@ -212,8 +213,9 @@ def overload_table(results: dict[str, Any]) -> list[list[str]]:
             "RSS before → after",
         ]
     ]
-    for key in ("overload", "overload_baseline"):
-        section = results.get(key)
+    sections = [("as configured", results.get("overload"))]
+    sections += [("baseline", section) for section in results.get("overload_baselines", [])]
+    for name, section in sections:
         if not section or "overload" not in section or "reference" not in section:
             continue
         ref, over = section["reference"], section["overload"]
@@ -224,7 +226,7 @@ def overload_table(results: dict[str, Any]) -> list[list[str]]:
         rejected, how_rejected = rejected_p99(over)
         table.append(
             [
-                "as configured" if key == "overload" else f"baseline ({extra})",
+                name if not extra else f"{name} ({extra})",
                 f"{ref_rps:,.0f}",
                 f"{ref['latency_ms']['99']:.2f} ms",
                 f"{over['ok_rps']:,.0f} ({over['ok_rps'] / ref_rps:.0%})" if ref_rps else f"{over['ok_rps']:,.0f}",

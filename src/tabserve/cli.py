@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 TRAINERS = {"co2": "tabserve.training.co2", "penguins": "tabserve.training.penguins"}
 DEFAULT_MODELS = Path("models")
+SHEDDING_PROTOCOL = "tabserve.api.shedding:SheddingProtocol"
+"""uvicorn's httptools protocol with admission decided at parse time (an import string: workers import it)."""
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -108,7 +110,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": SHEDDING_PROTOCOL if settings.shed_at_parse else "httptools",
         "lifespan": "on",
         "access_log": False,
         "server_header": False,

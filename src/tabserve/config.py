@@ -76,9 +76,15 @@ class Settings(BaseSettings):
     )
     """OTLP/HTTP endpoint for traces (``OTEL_EXPORTER_OTLP_ENDPOINT`` is honoured). Empty = tracing off."""
     max_in_flight: int = Field(default=64, ge=0)
-    """Requests a worker handles at once; beyond, 503 with Retry-After at once. 0 = unbounded."""
+    """Requests a worker has taken on and not answered (queued or running, counted from when their headers are
+    parsed); beyond, 503 with Retry-After at once. 0 = unbounded."""
     max_queue_ms: float = Field(default=100.0, ge=0)
-    """Longest a request may wait for its worker before it is refused with a fast 503 (load shedding). 0 = off."""
+    """Longest a request may wait for its worker before it is refused with a fast 503 (load shedding). 0 = off.
+    Under sustained overload a request also waits in its socket until the worker reads it, so an admitted
+    request's end-to-end time can reach about twice this value."""
+    shed_at_parse: bool = True
+    """Decide admission when a request's headers are parsed, before it becomes a task, so a refusal costs a
+    parse and one write. False: decided in the app only (uvicorn's plain httptools protocol)."""
     rate_limit: float = Field(default=0.0, ge=0.0)
     """Requests per second per API key (``X-API-Key``) or client address; 429 beyond. 0 = off."""
     rate_limit_burst: int = Field(default=20, ge=1)
@@ -118,6 +124,6 @@ def settings_table() -> str:
         if isinstance(default, SecretStr):
             default = default.get_secret_value()
         shown = "(empty)" if default in ("", None) else f"`{default}`"
-        text = (info.description or "").replace("``", "`").replace("|", "\\|")
+        text = " ".join((info.description or "").split()).replace("``", "`").replace("|", "\\|")  # one line a row
         rows.append(f"| `TABSERVE_{name.upper()}` | {shown} | {text} |")
     return "\n".join(rows)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
@@ -85,7 +85,7 @@ def create_app(
             observer=metrics.store_metrics(),
         )
     service = PredictionService(registry, max_batch=settings.max_batch, hooks=PredictionObserver(metrics, drift, log))
-    admission = Admission(settings.max_in_flight, settings.max_queue_ms / 1000.0)
+    admission = Admission(settings.max_in_flight, settings.max_queue_ms / 1000.0, _count_refusal(metrics))
     access_log = AccessLog(logger, settings.access_log)
     ctx = AppContext(settings, registry, service, metrics, drift, tracing, logger, admission, access_log, log)
     holder.append(ctx)
@@ -118,6 +118,17 @@ def create_app(
         limiter=RateLimiter(settings.rate_limit, settings.rate_limit_burst) if settings.rate_limit else None,
     )
     return ServiceApp(app, envelope)
+
+
+def _count_refusal(metrics: ServiceMetrics) -> Callable[[float], None]:
+    """A request refused at parse time counts as a rejection and as a 503 request (the error-budget alerts read
+    ``tabserve_requests_total``), labelled ``unmatched`` as any request refused before routing."""
+
+    def refused(seconds: float) -> None:
+        metrics.rejected("overload")
+        metrics.request("unmatched", "", 503, seconds)
+
+    return refused
 
 
 class ServiceApp:
@@ -163,6 +174,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         with suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGHUP)
         flusher.cancel()
+        ctx.admission.uninstall()
         await _close(ctx)
 
 
@@ -175,16 +187,24 @@ async def _reload_all(ctx: AppContext) -> None:
 
 
 DRIFT_EXPORT_INTERVAL_S = 30.0
+SHED_REPORT_INTERVAL_S = 10.0
 
 
 async def _flush_access_log(ctx: AppContext) -> None:
-    """Buffered access-log lines reach stdout at most this late, even when traffic stops; and every
-    ``DRIFT_EXPORT_INTERVAL_S`` the drift of each model's window is computed, which updates its gauges."""
+    """Buffered access-log lines reach stdout at most this late, even when traffic stops; every
+    ``SHED_REPORT_INTERVAL_S`` one warning counts the requests refused at parse time (they have no access-log
+    line); and every ``DRIFT_EXPORT_INTERVAL_S`` the drift of each model's window is computed (gauges)."""
     loop = asyncio.get_running_loop()
     next_drift = loop.time() + DRIFT_EXPORT_INTERVAL_S
+    next_shed_report = loop.time() + SHED_REPORT_INTERVAL_S
     while True:
         await asyncio.sleep(ctx.access_log.flush_interval_s)
         ctx.access_log.flush()
+        if loop.time() >= next_shed_report:
+            next_shed_report = loop.time() + SHED_REPORT_INTERVAL_S
+            shed = ctx.admission.take_shed()
+            if shed:  # refused at parse time: one line per interval instead of one per request
+                log_fields(ctx.logger, 30, f"overloaded: refused {shed} requests with 503", shed=shed)
         if loop.time() >= next_drift:
             next_drift = loop.time() + DRIFT_EXPORT_INTERVAL_S
             for name in ctx.drift.models():

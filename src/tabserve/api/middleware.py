@@ -11,6 +11,7 @@ import contextvars
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import orjson
@@ -36,25 +37,60 @@ BATCH_ALLOWANCE_BYTES = 16_384
 
 
 _ENQUEUED: contextvars.ContextVar[float] = contextvars.ContextVar("tabserve_enqueued_at")
+_ACTIVE: list[Admission] = []
+GATED = "tabserve.gated"
+"""Scope key set by the parse-time gate: the request holds a slot until ``Admission.release``."""
+SERVICE_EWMA_ALPHA = 0.05
+SAMPLE_CLIP = 3.0
+BACKSTOP_FACTOR = 4.0
+"""A request accepted at parse time is still refused in the app when it waited more than this many queue bounds
+(the estimate was wrong); without the parse-time gate the plain bound applies."""
+
+
+def active_admission() -> Admission | None:
+    """The admission control installed on this process's serving loop (None before start-up)."""
+    return _ACTIVE[-1] if _ACTIVE else None
 
 
 class Admission:
     """Refuses work a worker cannot do in time, at once, instead of queueing without bound.
 
-    Two bounds, both checked when a request reaches the app: the requests admitted and not yet finished
-    (``limit``), and how long the request waited for the event loop since uvicorn parsed its headers
-    (``max_queue_s``). The wait is measured exactly: ``install`` puts a task factory on the loop (public asyncio
-    API) that stamps each request's task with its creation time. Under overload the oldest queued requests are
-    refused with a fast 503 + Retry-After, and those admitted keep a bounded latency (CoDel-style shedding).
+    Two bounds. ``limit``: requests this worker has taken on and not answered yet (0 = none); under ``tabserve
+    serve`` that counts them from the moment they are parsed (queued or in the app, as Cloud Run counts an
+    instance's concurrency), under another server from when they reach the app. ``max_queue_s``: how long a
+    request may wait for the event loop before its handler starts (0 = none).
+
+    Under ``tabserve serve`` both are decided when uvicorn has parsed a request's headers, *before* it becomes an
+    asyncio task (``tabserve.api.shedding``). ``gate`` projects a new request's wait as the requests accepted and
+    not answered × ``service_s``: an EWMA of the time between consecutive answers while requests were waiting,
+    i.e. how often this worker, as loaded right now (refusals included), finishes an admitted request; whatever
+    the handlers do (run to completion, or await a shared ONNX call). Samples are clipped to 3× the estimate,
+    so one stall of a descheduled process does not make the worker refuse work it has time for. A refused
+    request costs a parse and one write, not a task, the ASGI stack and a turn in the queue, so a worker at 10×
+    its capacity spends its time on the requests it admitted.
+
+    ``admit``, in the app, is the backstop and the only check when the app runs under another server: it
+    measures the actual wait since the task was created (``install`` puts a task factory on the loop that
+    stamps each task; CoDel-style, the requests that already waited too long are the ones refused).
     """
 
-    def __init__(self, limit: int, max_queue_s: float) -> None:
+    def __init__(self, limit: int, max_queue_s: float, on_refused: Callable[[float], None] | None = None) -> None:
         self.limit = limit
         self.max_queue_s = max_queue_s
+        self.on_refused = on_refused
         self.in_flight = 0
+        """Requests admitted into the app and not finished."""
+        self.outstanding = 0
+        """Requests accepted at parse time and not finished (queued or in the app); 0 without the gate."""
+        self.service_s = 0.0
+        """Time between two answers of this worker while requests wait (0 until measured)."""
+        self._last_answer = 0.0
+        self._backlog = False
+        self.shed = 0
+        """Requests refused at parse time since ``take_shed`` was last called."""
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Called at start-up, on the serving loop."""
+        """Called at start-up, on the serving loop; makes this the process's ``active_admission()``."""
         previous = loop.get_task_factory()
 
         def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future[Any]:
@@ -65,16 +101,71 @@ class Admission:
             return asyncio.Task(coro, loop=loop, context=context, **kwargs)
 
         loop.set_task_factory(factory)
+        _ACTIVE.append(self)
 
-    def admit(self, now: float, body_bytes: int = 0) -> None:
-        """Refuse (OverloadedError) or let through. A batch may wait in proportion to its size: the queue bound
-        is ``max_queue_s`` per started 16 KiB of body, so 1,000-row batches queued behind each other are not
-        shed while single predictions keep their tight bound."""
+    def uninstall(self) -> None:
+        """At shutdown: parse-time decisions no longer come here."""
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
+
+    def queue_bound(self, body_bytes: int) -> float:
+        """The wait allowed to a request: ``max_queue_s`` per started 16 KiB of body, so 1,000-row batches
+        queued behind each other are not shed while single predictions keep their tight bound."""
+        return self.max_queue_s * (1 + body_bytes // BATCH_ALLOWANCE_BYTES)
+
+    def gate(self, scope: MutableMapping[str, Any], body_bytes: int = 0) -> str | None:
+        """At parse time (no handler runs meanwhile): None if the request is accepted, which marks its ``scope``
+        (``GATED``) and holds a slot until ``release``; otherwise why it is refused."""
+        ahead = self.outstanding
+        if self.limit and ahead >= self.limit:
+            return f"{self.limit} requests already in flight on this worker; retry shortly"
+        if self.max_queue_s and ahead > 0:
+            projected = ahead * self.service_s
+            if projected > self.queue_bound(body_bytes):
+                return f"{ahead} requests ahead (~{projected * 1000:.0f} ms of work); retry shortly"
+        self.outstanding += 1
+        scope[GATED] = True
+        return None
+
+    def release(self, scope: MutableMapping[str, Any]) -> None:
+        """A request accepted by ``gate`` is finished. The envelope calls this as soon as the response is written
+        (a task's done-callback runs one loop turn later, after the next requests were parsed and counted
+        against slots already free); the protocol calls it again when the task ends, which covers a task that
+        never reached the envelope. Popping ``GATED`` makes the second call a no-op."""
+        if scope.pop(GATED, False):
+            self.outstanding -= 1
+            now = time.perf_counter()
+            if self._backlog:  # requests were waiting at the previous answer: the worker was busy since
+                self.service_s = self._ewma(self.service_s, now - self._last_answer)
+            self._last_answer = now
+            self._backlog = self.outstanding > 0
+
+    def refused(self, seconds: float) -> None:
+        """A request was refused at parse time; ``seconds`` since its headers were parsed."""
+        self.shed += 1
+        if self.on_refused is not None:
+            self.on_refused(seconds)
+
+    def take_shed(self) -> int:
+        """Requests refused at parse time since the last call (for a periodic log line)."""
+        shed, self.shed = self.shed, 0
+        return shed
+
+    @staticmethod
+    def _ewma(estimate: float, sample: float) -> float:
+        if estimate == 0.0:
+            return sample
+        return estimate + SERVICE_EWMA_ALPHA * (min(sample, SAMPLE_CLIP * estimate) - estimate)
+
+    def admit(self, now: float, body_bytes: int = 0, gated: bool = False) -> None:
+        """In the app, before any work: refuse (OverloadedError) or let through; ``gated``: the request passed
+        the parse-time gate."""
         if self.limit and self.in_flight >= self.limit:
             raise OverloadedError(f"{self.limit} requests already in flight on this worker; retry shortly")
         if self.max_queue_s:
             waited = now - _ENQUEUED.get(now)
-            if waited > self.max_queue_s * (1 + body_bytes // BATCH_ALLOWANCE_BYTES):
+            bound = self.queue_bound(body_bytes) * (BACKSTOP_FACTOR if gated else 1.0)
+            if waited > bound:
                 raise OverloadedError(f"the request waited {waited * 1000:.0f} ms for this worker; retry shortly")
 
 
@@ -160,7 +251,7 @@ class RequestEnvelope:
             if path not in EXEMPT_PATHS:
                 try:
                     size = self._declared_size(headers)
-                    self.admission.admit(started, size)
+                    self.admission.admit(started, size, scope.get(GATED, False))
                     if self.limiter is not None:
                         self.limiter.check(self._client_key(scope, headers), time.monotonic())
                 except TabserveError as exc:
@@ -179,6 +270,7 @@ class RequestEnvelope:
                 admission.in_flight -= 1
                 self.metrics.in_flight_dec()
         finally:
+            admission.release(scope)  # accepted at parse time: the slot is free once the response is written
             elapsed = time.perf_counter() - started
             template = state.get("route") or getattr(scope.get("route"), "path", None) or "unmatched"
             model = state.get("model", "")
