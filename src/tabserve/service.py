@@ -104,23 +104,91 @@ class PredictionService:
 
         ``info`` (optional) receives ``model``, ``rows`` and ``timings`` for the access log."""
         started = time.perf_counter()
+        model, chosen = self._model(name, version, level, info)
+        if type(body) is dict and "instances" in body:
+            return self._predict_many(model, body, chosen, request_id, started, info)
+        wall = time.time_ns()
+        t0 = time.perf_counter()
+        instance = model.validator.one(body)
+        t1 = time.perf_counter()
+        matrix = model.runtime.encoder.encode_row(instance.values)
+        t2 = time.perf_counter()
+        raw = model.runtime.run(matrix)
+        t3 = time.perf_counter()
+        timings = Timings(t1 - t0, t2 - t1, t3 - t2, 0.0, wall)
+        return self._finish_one(model, body, instance, raw[0], chosen, request_id, started, timings, info)
+
+    async def predict_async(
+        self,
+        name: str,
+        body: Any,
+        *,
+        request_id: str,
+        level: str | float | None = None,
+        version: str | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """``predict`` for the event loop: a single instance's ONNX call is shared with the other single
+        instances ready in the same loop turn (``OnnxModel.run_row``); the answer is the same."""
+        started = time.perf_counter()
+        model, chosen = self._model(name, version, level, info)
+        if type(body) is dict and "instances" in body:
+            return self._predict_many(model, body, chosen, request_id, started, info)
+        wall = time.time_ns()
+        t0 = time.perf_counter()
+        instance = model.validator.one(body)
+        t1 = time.perf_counter()
+        matrix = model.runtime.encoder.encode_row(instance.values)
+        t2 = time.perf_counter()
+        raw, inference = await model.runtime.run_row(matrix)
+        timings = Timings(t1 - t0, t2 - t1, inference, 0.0, wall)
+        return self._finish_one(model, body, instance, raw[0], chosen, request_id, started, timings, info)
+
+    def _model(
+        self, name: str, version: str | None, level: str | float | None, info: dict[str, Any] | None
+    ) -> tuple[ServingModel, float]:
         model = self.registry.get(name, version)
         if info is not None:
             info["model"] = model.name  # only a loaded model's name becomes a metric label
-        chosen = model.confidence.resolve_level(level)
+        return model, model.confidence.resolve_level(level)
+
+    def _predict_many(
+        self,
+        model: ServingModel,
+        body: dict[str, Any],
+        level: float,
+        request_id: str,
+        started: float,
+        info: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        objs = self._batch_items(body)
+        answers, batch, timings = self._run_many(model, objs, level)
+        self.hooks.predicted(Outcome(model, request_id, objs, answers, timings, started, batch=batch))
+        if info is not None:
+            info.update(model=model.name, rows=len(answers), timings=timings)
         model_ref = {"name": model.name, "version": model.version}
-        if type(body) is dict and "instances" in body:
-            objs = self._batch_items(body)
-            answers, batch, timings = self._run_many(model, objs, chosen)
-            self.hooks.predicted(Outcome(model, request_id, objs, answers, timings, started, batch=batch))
-            if info is not None:
-                info.update(model=model.name, rows=len(answers), timings=timings)
-            return {"predictions": answers, "model": model_ref, "request_id": request_id}
-        answer, instance, timings = self._run_one(model, body, chosen)
+        return {"predictions": answers, "model": model_ref, "request_id": request_id}
+
+    def _finish_one(
+        self,
+        model: ServingModel,
+        body: Any,
+        instance: Instance,
+        output: npt.NDArray[np.float32] | np.float32,
+        level: float,
+        request_id: str,
+        started: float,
+        timings: Timings,
+        info: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """The answer of a single instance, its hooks and access-log info."""
+        t3 = time.perf_counter()
+        answer = self._answer(model, output, instance.pattern, level, instance.warnings, instance.out_of_distribution)
+        timings.serialise = time.perf_counter() - t3
         if info is not None:
             info.update(model=model.name, rows=1, timings=timings)
         self.hooks.predicted(Outcome(model, request_id, (body,), [answer], timings, started, instance=instance))
-        answer["model"] = model_ref
+        answer["model"] = {"name": model.name, "version": model.version}
         answer["request_id"] = request_id
         return answer
 
@@ -168,19 +236,6 @@ class PredictionService:
             )
         if len(objs) > self.max_batch:
             raise PayloadTooLargeError(f"batch of {len(objs)} instances is over the maximum of {self.max_batch}")
-
-    def _run_one(self, model: ServingModel, body: Any, level: float) -> tuple[dict[str, Any], Instance, Timings]:
-        wall = time.time_ns()
-        t0 = time.perf_counter()
-        instance = model.validator.one(body)
-        t1 = time.perf_counter()
-        matrix = model.runtime.encoder.encode_row(instance.values)
-        t2 = time.perf_counter()
-        raw = model.runtime.run(matrix)
-        t3 = time.perf_counter()
-        answer = self._answer(model, raw[0], instance.pattern, level, instance.warnings, instance.out_of_distribution)
-        t4 = time.perf_counter()
-        return answer, instance, Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3, wall)
 
     def _run_many(
         self, model: ServingModel, objs: Sequence[Any], level: float

@@ -55,7 +55,7 @@ class PredictFastPath:
             if scope["method"] != "POST":
                 await self._problem(send, 405, "Method not allowed", "method-not-allowed", "use POST", scope, [])
                 return
-            payload = self._predict(name, await self._body(scope, receive), scope, state)
+            payload = await self._predict(name, await self._body(scope, receive), scope, state)
         except TabserveError as exc:
             errors = exc.errors if isinstance(exc, RequestValidationError) else None
             headers = [(b"retry-after", str(exc.retry_after_s).encode())] if hasattr(exc, "retry_after_s") else []
@@ -75,10 +75,10 @@ class PredictFastPath:
         check_json_media(media)
         return parse_json(await read_body(receive, declared, self.max_body_bytes))
 
-    def _predict(self, name: str, body: Any, scope: Scope, state: dict[str, Any]) -> bytes:
+    async def _predict(self, name: str, body: Any, scope: Scope, state: dict[str, Any]) -> bytes:
         query = scope["query_string"]
         level = dict(parse_qsl(query.decode("latin-1"))).get("level") if query else None
-        result = self.service.predict(name, body, request_id=state["request_id"], level=level, info=state)
+        result = await self.service.predict_async(name, body, request_id=state["request_id"], level=level, info=state)
         started = time.perf_counter()
         payload = orjson.dumps(result)
         state["timings"].serialise += time.perf_counter() - started
