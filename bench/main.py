@@ -54,7 +54,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cold-starts", type=int, default=3, help="starts per server for the cold start median (3)")
     parser.add_argument("--overload-connections", type=int, default=160, help="connections of the overload point")
     parser.add_argument(
-        "--overload-in-flight", type=int, default=32, help="TABSERVE_MAX_IN_FLIGHT when overloaded (32)"
+        "--overload-in-flight", type=int, default=64, help="TABSERVE_MAX_IN_FLIGHT when overloaded (64, the default)"
     )
     parser.add_argument(
         "--overload-queue-ms",

@@ -249,10 +249,13 @@ def render_markdown(results: dict[str, Any], checks: list[Check]) -> str:
         )
         out.append("")
     errors = {k: v["error"] for k, v in results.get("servers", {}).items() if v.get("error")}
-    for key in ("overload", "overload_baseline", "sigterm"):
+    for key in ("overload", "sigterm"):
         section = results.get(key)
         if isinstance(section, dict) and section.get("error"):
             errors[key] = section["error"]
+    for i, section in enumerate(results.get("overload_baselines", [])):
+        if isinstance(section, dict) and section.get("error"):
+            errors[f"overload baseline {i + 1}"] = section["error"]
     if errors:
         out += ["## Errors", ""] + [f"- {k}: {v}" for k, v in errors.items()] + [""]
     for name, info in results.get("servers", {}).items():

@@ -186,6 +186,18 @@ def test_connection_close_head_and_oip_refusals(harness: Harness) -> None:
     assert harness.transport.closed
 
 
+def test_parse_time_refusals_are_counted_in_one_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fastapi.testclient import TestClient
+
+    app = create_app(Settings(models_dir=MODELS, data_dir=tmp_path, prediction_log=False, models="co2"))
+    with TestClient(app):
+        app.state.ctx.admission.refused(0.0)
+        app.state.ctx.admission.refused(0.0)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    warning = [line for line in lines if line["message"].startswith("overloaded")]
+    assert warning and warning[0]["shed"] == 2 and warning[0]["severity"] == "WARNING"
+
+
 def test_probes_are_never_refused_at_parse_time(harness: Harness) -> None:
     harness.admission.outstanding = 1
     harness.feed(request("/health", method="GET", body=b""))

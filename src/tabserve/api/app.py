@@ -216,6 +216,9 @@ async def _flush_access_log(ctx: AppContext) -> None:
 
 async def _close(ctx: AppContext) -> None:
     ctx.access_log.flush()
+    shed = ctx.admission.take_shed()
+    if shed:
+        log_fields(ctx.logger, 30, f"overloaded: refused {shed} requests with 503", shed=shed)
     if ctx.log is not None:
         clean = await asyncio.to_thread(ctx.log.close, max(1.0, ctx.settings.shutdown_grace_s * 0.5))
         level = 20 if clean else 40
