@@ -77,8 +77,9 @@ def test_an_error_reaches_every_waiting_row_and_a_cancelled_row_is_skipped() -> 
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("share", [True, False])
 @pytest.mark.parametrize("name", ["co2", "penguins"])
-def test_concurrent_predictions_equal_one_at_a_time(name: str, tmp_path: Path) -> None:
+def test_concurrent_predictions_equal_one_at_a_time(name: str, share: bool, tmp_path: Path) -> None:
     registry = ModelRegistry(MODELS, {name: None}, {}, warmup=False)
     registry.load_all()
     service = PredictionService(registry, max_batch=100)
@@ -88,7 +89,7 @@ def test_concurrent_predictions_equal_one_at_a_time(name: str, tmp_path: Path) -
 
     async def main() -> list[dict[str, Any]]:
         return await asyncio.gather(
-            *(service.predict_async(name, body, request_id=f"r{i}") for i, body in enumerate(bodies))
+            *(service.predict_async(name, body, request_id=f"r{i}", share=share) for i, body in enumerate(bodies))
         )
 
     assert asyncio.run(main()) == expected

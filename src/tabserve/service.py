@@ -127,9 +127,11 @@ class PredictionService:
         level: str | float | None = None,
         version: str | None = None,
         info: dict[str, Any] | None = None,
+        share: bool = True,
     ) -> dict[str, Any]:
-        """``predict`` for the event loop: a single instance's ONNX call is shared with the other single
-        instances ready in the same loop turn (``OnnxModel.run_row``); the answer is the same."""
+        """``predict`` for the event loop. With ``share`` (other requests are waiting), a single instance's ONNX
+        call is shared with the other single instances ready in the same loop turn (``OnnxModel.run_row``,
+        one loop turn later); alone, it runs at once. The answer is the same either way."""
         started = time.perf_counter()
         model, chosen = self._model(name, version, level, info)
         if type(body) is dict and "instances" in body:
@@ -140,7 +142,11 @@ class PredictionService:
         t1 = time.perf_counter()
         matrix = model.runtime.encoder.encode_row(instance.values)
         t2 = time.perf_counter()
-        raw, inference = await model.runtime.run_row(matrix)
+        if share:
+            raw, inference = await model.runtime.run_row(matrix)
+        else:
+            raw = model.runtime.run(matrix)
+            inference = time.perf_counter() - t2
         timings = Timings(t1 - t0, t2 - t1, inference, 0.0, wall)
         return self._finish_one(model, body, instance, raw[0], chosen, request_id, started, timings, info)
 

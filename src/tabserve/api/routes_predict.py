@@ -4,6 +4,10 @@ Starlette routing, request/response objects and FastAPI's layers cost more than 
 routes are served by a small ASGI layer in front of the FastAPI app: it reads the raw body, calls the same
 ``PredictionService`` as every other route, and answers with orjson; errors are the same problem+json.
 Everything else falls through to FastAPI. The routes are documented in OpenAPI by ``api/openapi.py``.
+
+A single instance shares its ONNX call with the other single instances ready in the same loop turn when other
+requests are outstanding (``Admission.outstanding``, counted when uvicorn parsed their headers); alone it runs at
+once, so a lone client does not wait a loop turn for company that is not coming.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tabserve.api.body import body_headers, check_json_media, parse_json, read_body
+from tabserve.api.middleware import active_admission
 from tabserve.api.problems import PROBLEM_JSON, problem_document
 from tabserve.errors import RequestValidationError, TabserveError
 from tabserve.service import PredictionService
@@ -78,7 +83,11 @@ class PredictFastPath:
     async def _predict(self, name: str, body: Any, scope: Scope, state: dict[str, Any]) -> bytes:
         query = scope["query_string"]
         level = dict(parse_qsl(query.decode("latin-1"))).get("level") if query else None
-        result = await self.service.predict_async(name, body, request_id=state["request_id"], level=level, info=state)
+        admission = active_admission()
+        share = admission is None or admission.outstanding != 1  # 1: this request alone, no one to share with
+        result = await self.service.predict_async(
+            name, body, request_id=state["request_id"], level=level, info=state, share=share
+        )
         started = time.perf_counter()
         payload = orjson.dumps(result)
         state["timings"].serialise += time.perf_counter() - started
