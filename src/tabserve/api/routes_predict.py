@@ -6,8 +6,9 @@ routes are served by a small ASGI layer in front of the FastAPI app: it reads th
 Everything else falls through to FastAPI. The routes are documented in OpenAPI by ``api/openapi.py``.
 
 A single instance shares its ONNX call with the other single instances ready in the same loop turn when other
-requests are outstanding (``Admission.outstanding``, counted when uvicorn parsed their headers); alone it runs at
-once, so a lone client does not wait a loop turn for company that is not coming.
+requests are outstanding (``Admission.outstanding``, counted when uvicorn parsed their headers, under ``tabserve
+serve``); alone, or under a server without that count, it runs at once, so a lone client does not wait a loop
+turn for company that is not coming.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class PredictFastPath:
         query = scope["query_string"]
         level = dict(parse_qsl(query.decode("latin-1"))).get("level") if query else None
         admission = active_admission()
-        share = admission is None or admission.outstanding != 1  # 1: this request alone, no one to share with
+        share = admission is not None and admission.outstanding > 1  # counted at parse time (0 without the gate)
         result = await self.service.predict_async(
             name, body, request_id=state["request_id"], level=level, info=state, share=share
         )
