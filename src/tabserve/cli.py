@@ -29,14 +29,14 @@ SHEDDING_PROTOCOL = "tabserve.api.shedding:SheddingProtocol"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from tabserve.training.options import TrainOptions
+    from tabserve.training.options import DEFAULT_SEED, TrainOptions
 
     module = importlib.import_module(TRAINERS[args.model])
     options = TrainOptions(
         data_dir=Path(args.data) if args.data else None,
         out_root=Path(args.out),
         version=args.version,
-        seed=args.seed,
+        seed=DEFAULT_SEED if args.seed is None else args.seed,
         extra=Path(args.extra) if args.extra else None,
         plots=not args.no_plots,
     )
@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", help="folder with the training CSVs (co2)")
     train.add_argument("--out", default=str(DEFAULT_MODELS), help="models root (default: models)")
     train.add_argument("--version", default="1.0.0")
-    train.add_argument("--seed", type=int, default=20261126)
+    train.add_argument("--seed", type=int, help="random seed (default: the one the bundled models used)")
     train.add_argument("--extra", help="exported prediction log with feedback to add to training")
     train.add_argument("--no-plots", action="store_true", help="skip the model card's PNG plots")
     train.set_defaults(func=_cmd_train)

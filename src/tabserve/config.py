@@ -51,8 +51,8 @@ class Settings(BaseSettings):
     prediction_log: bool = True
     """Record every prediction in the prediction log."""
     log_queue_size: int = Field(default=5_000, ge=100)
-    """Prediction-log records held in memory for the writer; beyond, records go to the spill file (bounded
-    memory: about 2 KB a record)."""
+    """Prediction-log rows held in memory for the writer (about 1 KB a row). When full, a request waits for
+    the writer (at most 0.25 s) while the database is healthy; otherwise its rows go to the spill file."""
     store_url: SecretStr = SecretStr("")
     """Prediction log store: empty = SQLite under ``data_dir``; ``postgresql://...`` for several instances."""
     max_batch: int = Field(default=10_000, ge=1)
