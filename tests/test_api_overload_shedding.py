@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httptools
@@ -20,7 +21,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from conftest import MODELS, start_server
-from tabserve.api import create_app
+from tabserve.api import create_app, middleware
 from tabserve.api.middleware import BACKSTOP_FACTOR, GATED, Admission
 from tabserve.api.shedding import SheddingProtocol
 from tabserve.cli import SHEDDING_PROTOCOL
@@ -230,21 +231,26 @@ def test_gate_projects_the_wait_from_the_time_between_answers() -> None:
     assert admission.outstanding == 11  # 10 + 2 accepted - 1 answered
 
 
-def test_service_time_is_the_time_between_answers_while_requests_wait() -> None:
+def test_service_time_is_the_time_between_answers_while_requests_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]  # a fake clock: the estimate is arithmetic, not a timing measurement
+    monkeypatch.setattr(middleware, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     admission = Admission(limit=0, max_queue_s=0.010)
     scopes: list[dict[str, Any]] = [{} for _ in range(60)]
     for scope in scopes:
         assert admission.gate(scope) is None  # nothing measured yet: everything is accepted
-    start = time.perf_counter()
-    for scope in scopes[:-1]:
-        while time.perf_counter() - start < 0.000_250:  # a 250 µs handler
-            pass
-        start = time.perf_counter()
+    for scope in scopes:
+        clock[0] += 0.000_250  # a 250 µs handler
         admission.release(scope)
-    assert 0.000_200 < admission.service_s < 0.000_600
-    admission.release(scopes[-1])  # the last one: nobody waited for it, no sample
+    assert admission.service_s == pytest.approx(0.000_250)
+    assert admission.outstanding == 0
     stall = admission._ewma(admission.service_s, 0.050)  # a stall of a descheduled process is clipped to 3x
     assert stall < admission.service_s * 1.2
+    idle_then_busy: list[dict[str, Any]] = [{}, {}]
+    for scope in idle_then_busy:
+        admission.gate(scope)
+    clock[0] += 10.0  # idle for 10 s, then two requests arrive: the idle gap is no sample either
+    admission.release(idle_then_busy[0])
+    assert admission.service_s == pytest.approx(0.000_250)
 
 
 def test_backstop_in_the_app_is_looser_for_requests_the_gate_accepted() -> None:
