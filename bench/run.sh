@@ -66,7 +66,8 @@ if has typical && [[ ! -f $WORK/typical/model.joblib ]]; then
 fi
 if has mlserver && [[ ! -f $WORK/mlserver/co2/model.joblib ]]; then
   echo "bench: training MLServer's pipeline (with its own venv's scikit-learn)"
-  "$MLSERVER_VENV/bin/python" -m bench.peers.train_pipeline "$WORK/mlserver/co2"
+  # bench/bodies.py reads the column mapping from tabserve's training code (pandas + numpy: both in that venv)
+  PYTHONPATH=src "$MLSERVER_VENV/bin/python" -m bench.peers.train_pipeline "$WORK/mlserver/co2"
 fi
 
 echo "bench: load average $(cut -d' ' -f1-3 /proc/loadavg) (numbers are only meaningful on an idle machine)"
