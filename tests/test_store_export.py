@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import csv
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import data_dir
 from tabserve.errors import StoreError
 from tabserve.store import PredictionRecord
 from tabserve.store.export import export_log, parse_since
 from tabserve.store.sqlite import SqliteStore
 
-DATA_DIR = Path(os.environ.get("TABSERVE_TEST_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 NRCAN_HEADER = (
     "Model year,Make,Model,Vehicle class,Engine size (L),Cylinders,Transmission,Fuel type,City (L/100 km),"
     "Highway (L/100 km),Combined (L/100 km),Combined (mpg),CO2 emissions (g/km),CO2 rating,Smog rating"
@@ -85,7 +84,7 @@ def test_co2_export_is_read_by_training_loader_when_extra(store: SqliteStore, tm
     out = tmp_path / "co2.csv"
     export_log(store, "co2", None, True, "csv", out)
     assert ",".join(co2_data.OFFICIAL_COLUMNS) == NRCAN_HEADER
-    loaded = co2_data.load(DATA_DIR, extra=out)
+    loaded = co2_data.load(data_dir(), extra=out)
     extra = loaded.frame[loaded.frame["source"] == "extra"]
     assert sorted(extra["co2"].tolist()) == [196.0, 201.5]
     assert set(extra["make"]) == {"TOYOTA"}

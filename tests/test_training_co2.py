@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from conftest import data_dir
 from tabserve.artifacts import VerifiedModel, verify_model_dir
 from tabserve.manifest import CategoryInput, NumericInput, OrdinalColumn, RegressionOutput
 from tabserve.runtime import OnnxModel
@@ -23,14 +23,6 @@ from tabserve.training.options import TrainOptions
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACT = REPO / "models" / "co2" / "1.0.0"
-
-
-def _data_dir() -> Path:
-    override = os.environ.get("TABSERVE_TEST_DATA_DIR")
-    path = Path(override) if override else Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not (path / "fuel_consumption_ratings_2015_2020.csv").is_file():
-        pytest.skip(f"co2 training data not found in {path} (set TABSERVE_TEST_DATA_DIR)")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +44,7 @@ def _request(model: OnnxModel, **changes: Any) -> dict[str, Any]:
 
 @pytest.mark.training
 def test_onnx_matches_estimator_every_pattern_and_retrain_reproduces_metrics_same_seed(tmp_path: Path) -> None:
-    options = TrainOptions(data_dir=_data_dir(), out_root=tmp_path, version="1.0.0", plots=False)
+    options = TrainOptions(data_dir=data_dir(), out_root=tmp_path, version="1.0.0", plots=False)
     result = co2.train_and_export(options)
     onnx_model = OnnxModel(verify_model_dir(result.path))
     values = input_values(result.split.test)
@@ -183,7 +175,7 @@ def test_committed_coverage_rises_with_level_and_stays_near_nominal(verified: Ve
 
 
 def test_evaluate_reproduces_manifest_metrics_from_artifact(verified: VerifiedModel) -> None:
-    report = co2.evaluate(verified, _data_dir())
+    report = co2.evaluate(verified, data_dir())
     for pattern in ALL_PATTERNS:
         assert report["model"][pattern]["mae"] == pytest.approx(report["manifest_model"][pattern]["mae"], abs=1e-3)
         stored = verified.manifest.metrics["coverage_temporal_test"][pattern]["0.9"]["coverage"]
@@ -191,7 +183,7 @@ def test_evaluate_reproduces_manifest_metrics_from_artifact(verified: VerifiedMo
 
 
 def test_load_canonicalises_classes_and_drops_duplicates() -> None:
-    data = load(_data_dir())
+    data = load(data_dir())
     frame = data.frame
     classes = set(frame["vehicle_class"].dropna())
     assert "SPORT UTILITY VEHICLE SMALL" in classes and "SUV SMALL" not in classes
@@ -224,7 +216,7 @@ def test_extra_rows_with_empty_fuel_columns_join_training(tmp_path: Path) -> Non
     extra = tmp_path / "extra.csv"
     header = ",".join(OFFICIAL_COLUMNS)
     extra.write_text(f"{header}\n2022,Toyota,RAV4 AWD,Sport utility vehicle: Small,2.5,4,AS8,X,,,,,190,,\n")
-    data = load(_data_dir(), extra)
+    data = load(data_dir(), extra)
     rows = data.frame[data.frame["source"] == "extra"]
     assert len(rows) == 1
     assert rows[list(CONSUMPTION)].isna().all(axis=None)
