@@ -245,12 +245,40 @@ def test_service_time_is_the_time_between_answers_while_requests_wait(monkeypatc
     assert admission.outstanding == 0
     stall = admission._ewma(admission.service_s, 0.050)  # a stall of a descheduled process is clipped to 3x
     assert stall < admission.service_s * 1.2
-    idle_then_busy: list[dict[str, Any]] = [{}, {}]
-    for scope in idle_then_busy:
-        admission.gate(scope)
-    clock[0] += 10.0  # idle for 10 s, then two requests arrive: the idle gap is no sample either
-    admission.release(idle_then_busy[0])
-    assert admission.service_s == pytest.approx(0.000_250)
+    clock[0] += 10.0  # idle for 10 s: the next answer's sample is its own time, not the idle gap
+    alone: dict[str, Any] = {}
+    admission.gate(alone)
+    clock[0] += 0.000_200
+    admission.release(alone)
+    assert admission.service_s < 0.000_250  # moved towards 200 µs
+
+
+def test_one_slow_answer_cannot_lock_the_gate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2 s answer (a hot reload overlapping a prediction) as the first sample used to set the estimate to 2 s:
+    every request with one other outstanding was refused from then on, and with no backlog left, no sample
+    ever brought the estimate down."""
+    clock = [1000.0]
+    monkeypatch.setattr(middleware, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    admission = Admission(limit=0, max_queue_s=0.100)
+    prediction, reload = {}, {}
+    assert admission.gate(prediction) is None and admission.gate(reload) is None
+    clock[0] += 0.001
+    admission.release(prediction)
+    clock[0] += 2.0
+    admission.release(reload)  # the reload was waited for since the prediction's answer: a 2 s sample
+    assert admission.service_s <= 0.100  # clipped to the queue bound
+    refused = 0
+    for _ in range(200):  # two clients, 1 ms each, always one outstanding when the other arrives
+        first, second = {}, {}
+        assert admission.gate(first) is None
+        refused += admission.gate(second) is not None
+        clock[0] += 0.001
+        admission.release(first)
+        if GATED in second:
+            clock[0] += 0.001
+            admission.release(second)
+    assert refused == 0
+    assert admission.service_s < 0.010  # and the estimate came back down to the real service time
 
 
 def test_backstop_in_the_app_is_looser_for_requests_the_gate_accepted() -> None:
@@ -314,3 +342,25 @@ def test_a_burst_against_a_real_server_gets_fast_503s_and_the_server_stays_healt
         assert 'tabserve_rejected_requests_total{reason="overload"}' in metrics
     finally:
         assert server.stop() == 0
+
+
+def test_pipelined_requests_are_not_gated_against_their_finished_predecessor(harness: Harness) -> None:
+    """uvicorn starts the next pipelined request from inside the previous response's last ``send``; its slot
+    must already be free then (one slot here: three pipelined requests on an idle worker all get answered)."""
+    harness.feed(request() + request() + request())
+    for _ in range(3):
+        harness.run()
+    assert [status for status, _, _ in responses(bytes(harness.transport.data))] == [200, 200, 200]
+    assert harness.admission.outstanding == 0
+
+
+def test_a_refused_request_that_expected_100_continue_closes_the_connection(harness: Harness) -> None:
+    """The client will not send the body after a final answer; the parser would read its next request as
+    that body, so the refusal closes the connection instead of keeping it alive."""
+    harness.admission.outstanding = 1  # the only slot is taken: refused at parse time
+    head = request(extra=b"expect: 100-continue\r\n")[: -len(BODY)]  # headers only, body not sent
+    harness.feed(head)
+    ((status, headers, _),) = responses(bytes(harness.transport.data))
+    assert status == 503
+    assert headers.get("connection") == "close"
+    assert harness.transport.closed

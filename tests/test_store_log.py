@@ -305,3 +305,56 @@ def test_full_queue_spills_after_a_short_wait_when_writer_stuck(store: SqliteSto
     assert restarted.flush(5)
     assert sorted(db_keys(store)) == sorted(keys(records))
     assert restarted.close(5)
+
+
+class HangingBackend:
+    """A database that stops answering (a partition, a lock held elsewhere): writes block, no error yet."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.rows: list[Any] = []
+
+    def migrate(self) -> None:
+        pass
+
+    def write_rows(self, rows: Any) -> None:
+        self.release.wait(10.0)
+        self.rows.extend(rows)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_hanging_database_costs_one_wait_for_room_not_one_per_request(tmp_path: Path) -> None:
+    """With a working spill the first spilled rows end the waits anyway (new rows spill behind them); without
+    one, every request used to wait ``max_wait_s`` on the event loop."""
+    backend = HangingBackend()
+    log = PredictionLog(
+        backend,  # type: ignore[arg-type]
+        spill_path=tmp_path / "spill.jsonl",
+        queue_size=20,
+        batch_size=10,
+        flush_interval_s=0.02,
+        max_wait_s=0.5,
+    )
+    log.start()
+    try:
+        for i in range(10):
+            log.submit([record(i)])
+        wait_until(lambda: log.queue_depth == 0)  # the writer holds those 10 rows, stuck in write_rows
+        for i in range(10, 30):
+            log.submit([record(i)])  # the queue is full now
+        log.spill.path.mkdir()  # and the spill cannot be written either (a full or read-only disk)
+        started = time.monotonic()
+        for i in range(30, 38):
+            log.submit([record(i)])  # the first waits max_wait_s; the rest see the writer has not moved
+        assert time.monotonic() - started < 2.0  # 8 × 0.5 s before the fix
+        assert log.spill.pending == 0
+    finally:
+        backend.release.set()
+        log.close(5)
+
+
+def test_batch_size_never_exceeds_the_queue_so_a_full_queue_wakes_the_writer(tmp_path: Path) -> None:
+    log = PredictionLog(HangingBackend(), spill_path=tmp_path / "spill.jsonl", queue_size=200)  # type: ignore[arg-type]
+    assert log.batch_size == 200

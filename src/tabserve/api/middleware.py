@@ -40,6 +40,8 @@ _ENQUEUED: contextvars.ContextVar[float] = contextvars.ContextVar("tabserve_enqu
 _ACTIVE: list[Admission] = []
 GATED = "tabserve.gated"
 """Scope key set by the parse-time gate: the request holds a slot until ``Admission.release``."""
+GATED_AT = "tabserve.gated_at"
+"""When the gate accepted the request (``time.perf_counter``)."""
 SERVICE_EWMA_ALPHA = 0.05
 SAMPLE_CLIP = 3.0
 BACKSTOP_FACTOR = 4.0
@@ -64,8 +66,12 @@ class Admission:
     asyncio task (``tabserve.api.shedding``). ``gate`` projects a new request's wait as the requests accepted and
     not answered × ``service_s``: an EWMA of the time between consecutive answers while requests were waiting,
     i.e. how often this worker, as loaded right now (refusals included), finishes an admitted request; whatever
-    the handlers do (run to completion, or await a shared ONNX call). Samples are clipped to 3× the estimate,
-    so one stall of a descheduled process does not make the worker refuse work it has time for. A refused
+    the handlers do (run to completion, or await a shared ONNX call). An answer with nobody waiting gives its
+    own time from parse to answer instead (so the estimate also falls while the worker is lightly loaded).
+    Samples are clipped to 3× the estimate, so one stall of a descheduled process does not make the worker
+    refuse work it has time for, and to ``max_queue_s``, so one slow answer (a hot reload, say) can never make
+    the gate refuse a request that has a single one ahead of it — which would leave the estimate stuck, as
+    only answers move it. A refused
     request costs a parse and one write, not a task, the ASGI stack and a turn in the queue, so a worker at 10×
     its capacity spends its time on the requests it admitted.
 
@@ -125,6 +131,7 @@ class Admission:
                 return f"{ahead} requests ahead (~{projected * 1000:.0f} ms of work); retry shortly"
         self.outstanding += 1
         scope[GATED] = True
+        scope[GATED_AT] = time.perf_counter()
         return None
 
     def release(self, scope: MutableMapping[str, Any]) -> None:
@@ -133,10 +140,17 @@ class Admission:
         against slots already free); the protocol calls it again when the task ends, which covers a task that
         never reached the envelope. Popping ``GATED`` makes the second call a no-op."""
         if scope.pop(GATED, False):
+            gated_at: float = scope.pop(GATED_AT, 0.0)
             self.outstanding -= 1
             now = time.perf_counter()
-            if self._backlog:  # requests were waiting at the previous answer: the worker was busy since
-                self.service_s = self._ewma(self.service_s, now - self._last_answer)
+            # requests waiting at the previous answer: the worker was busy since; else this request had the
+            # worker to itself from parse to answer
+            since = self._last_answer if self._backlog else gated_at
+            sample = now - since if since else 0.0
+            if sample > 0.0:
+                if self.max_queue_s:
+                    sample = min(sample, self.max_queue_s)
+                self.service_s = self._ewma(self.service_s, sample)
             self._last_answer = now
             self._backlog = self.outstanding > 0
 

@@ -87,6 +87,9 @@ def refusal(
 class SheddingProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with admission decided at parse time (see the module docstring)."""
 
+    _running: Any = None
+    """The scope of the gated request this connection is answering (one at a time: pipelined requests wait)."""
+
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         admission = active_admission()
         scope: Any = cycle.scope
@@ -108,6 +111,17 @@ class SheddingProtocol(HttpToolsProtocol):
         task.add_done_callback(self.tasks.discard)
         task.add_done_callback(lambda _: admission.release(scope))
         self.tasks.add(task)
+        self._running = scope
+
+    def on_response_complete(self) -> None:
+        """Free the finished request's slot *before* uvicorn starts the next pipelined request on this
+        connection (it does so from here, inside the response's last ``send``, before the app's envelope
+        gets to release the slot): otherwise that request would be gated against its own predecessor."""
+        scope, self._running = self._running, None
+        admission = active_admission()
+        if scope is not None and admission is not None:
+            admission.release(scope)
+        super().on_response_complete()
 
     def _refuse(self, cycle: RequestResponseCycle, path: str, detail: str, rid: bytes | None) -> None:
         """Answer the request now, as a finished response: the parser drops the rest of its body, and the
@@ -115,12 +129,15 @@ class SheddingProtocol(HttpToolsProtocol):
         request_id = rid or new_request_id().encode("ascii")
         # Date (and Server, if enabled), as on every other response
         default = b"".join(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers)
-        data = refusal(
-            path, cycle.scope["method"], detail, request_id, keep_alive=cycle.keep_alive, extra_headers=default
-        )
+        # A client that sent "Expect: 100-continue" and gets this final answer instead does not send its body,
+        # while the parser still waits for Content-Length bytes: the next request would be read as that body.
+        # Close the connection after the refusal instead.
+        keep_alive = cycle.keep_alive and not cycle.waiting_for_100_continue
+        data = refusal(path, cycle.scope["method"], detail, request_id, keep_alive=keep_alive, extra_headers=default)
         cycle.response_started = cycle.response_complete = True
         cycle.waiting_for_100_continue = False
+        cycle.keep_alive = keep_alive
         self.transport.write(data)
-        if not cycle.keep_alive:
+        if not keep_alive:
             self.transport.close()
         self.on_response_complete()

@@ -90,7 +90,8 @@ class PredictionLog:
         self.rejects = SpillFile(self.spill.path.with_name(self.spill.path.stem + ".rejected.jsonl"))
         """Records the database refuses outright (bad data, not an outage): kept for inspection, not replayed."""
         self.queue_size = queue_size
-        self.batch_size = batch_size
+        self.batch_size = min(batch_size, queue_size)
+        """Never above the queue: a full queue must wake the writer, not wait for its flush timer."""
         self.flush_interval_s = flush_interval_s
         self.observer: LogObserver = observer if observer is not None else CountingObserver()
         self.retry_delays_s = tuple(retry_delays_s)
@@ -109,6 +110,8 @@ class PredictionLog:
         self._thread: threading.Thread | None = None
         self._in_hand: list[LogRow] = []
         self._db_ok = True
+        self._stalled_at: int | None = None
+        """``_handled`` when a wait for room last timed out: no more waiting until the writer gets further."""
         self._probe_delay = self.probe_min_s
         self._next_probe = 0.0
         self._replay_attempts = 0
@@ -188,13 +191,19 @@ class PredictionLog:
         GIL back at once instead of after the event loop's switch interval (5 ms per statement)."""
         if n > self.queue_size or not self._db_ok or self.spill.pending or not self._writer_alive():
             return False
+        if self._stalled_at is not None and self._handled == self._stalled_at:
+            return False  # the last wait timed out and the writer has not moved since (a hanging database)
         deadline = time.monotonic() + self.max_wait_s
         self._cond.notify_all()
         while self._queued + n > self.queue_size:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._stopping.is_set() or not self._db_ok:
+            if remaining <= 0:
+                self._stalled_at = self._handled
+                return False
+            if self._stopping.is_set() or not self._db_ok:
                 return False
             self._cond.wait(remaining)
+        self._stalled_at = None
         return True
 
     def _writer_alive(self) -> bool:
