@@ -107,15 +107,9 @@ class PredictionService:
         model, chosen = self._model(name, version, level, info)
         if type(body) is dict and "instances" in body:
             return self._predict_many(model, body, chosen, request_id, started, info)
-        wall = time.time_ns()
-        t0 = time.perf_counter()
-        instance = model.validator.one(body)
-        t1 = time.perf_counter()
-        matrix = model.runtime.encoder.encode_row(instance.values)
-        t2 = time.perf_counter()
+        instance, matrix, timings, encoded = self._encode_one(model, body)
         raw = model.runtime.run(matrix)
-        t3 = time.perf_counter()
-        timings = Timings(t1 - t0, t2 - t1, t3 - t2, 0.0, wall)
+        timings.inference = time.perf_counter() - encoded
         return self._finish_one(model, body, instance, raw[0], chosen, request_id, started, timings, info)
 
     async def predict_async(
@@ -132,23 +126,27 @@ class PredictionService:
         """``predict`` for the event loop. With ``share`` (other requests are waiting), a single instance's ONNX
         call is shared with the other single instances ready in the same loop turn (``OnnxModel.run_row``,
         one loop turn later); alone, it runs at once. The answer is the same either way."""
+        if not share:
+            return self.predict(name, body, request_id=request_id, level=level, version=version, info=info)
         started = time.perf_counter()
         model, chosen = self._model(name, version, level, info)
         if type(body) is dict and "instances" in body:
             return self._predict_many(model, body, chosen, request_id, started, info)
+        instance, matrix, timings, _ = self._encode_one(model, body)
+        raw, timings.inference = await model.runtime.run_row(matrix)
+        return self._finish_one(model, body, instance, raw[0], chosen, request_id, started, timings, info)
+
+    @staticmethod
+    def _encode_one(model: ServingModel, body: Any) -> tuple[Instance, npt.NDArray[np.float32], Timings, float]:
+        """Validate and encode one instance: the instance, its matrix row, the timings so far (validate,
+        preprocess) and when encoding finished (``time.perf_counter``)."""
         wall = time.time_ns()
         t0 = time.perf_counter()
         instance = model.validator.one(body)
         t1 = time.perf_counter()
         matrix = model.runtime.encoder.encode_row(instance.values)
         t2 = time.perf_counter()
-        if share:
-            raw, inference = await model.runtime.run_row(matrix)
-        else:
-            raw = model.runtime.run(matrix)
-            inference = time.perf_counter() - t2
-        timings = Timings(t1 - t0, t2 - t1, inference, 0.0, wall)
-        return self._finish_one(model, body, instance, raw[0], chosen, request_id, started, timings, info)
+        return instance, matrix, Timings(t1 - t0, t2 - t1, 0.0, 0.0, wall), t2
 
     def _model(
         self, name: str, version: str | None, level: str | float | None, info: dict[str, Any] | None

@@ -135,10 +135,11 @@ class Admission:
         return None
 
     def release(self, scope: MutableMapping[str, Any]) -> None:
-        """A request accepted by ``gate`` is finished. The envelope calls this as soon as the response is written
-        (a task's done-callback runs one loop turn later, after the next requests were parsed and counted
-        against slots already free); the protocol calls it again when the task ends, which covers a task that
-        never reached the envelope. Popping ``GATED`` makes the second call a no-op."""
+        """A request accepted by ``gate`` is finished. The protocol calls this as soon as the response is
+        complete (before the connection's next pipelined request is gated; a task's done-callback would run one
+        loop turn later, after the next requests were parsed and counted against slots already free), and again
+        when the task ends, which covers a task that never completed a response. Popping ``GATED`` makes the
+        second call a no-op."""
         if scope.pop(GATED, False):
             gated_at: float = scope.pop(GATED_AT, 0.0)
             self.outstanding -= 1
@@ -284,7 +285,6 @@ class RequestEnvelope:
                 admission.in_flight -= 1
                 self.metrics.in_flight_dec()
         finally:
-            admission.release(scope)  # accepted at parse time: the slot is free once the response is written
             elapsed = time.perf_counter() - started
             template = state.get("route") or getattr(scope.get("route"), "path", None) or "unmatched"
             model = state.get("model", "")
