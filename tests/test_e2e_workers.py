@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from conftest import MODELS, ServerProcess
 
 pytestmark = pytest.mark.e2e
+OK_PREDICTIONS = r'tabserve_requests_total\{model="co2",route="/predict",status="200"\} (\S+)'
 
 
 def test_two_workers_share_metrics_and_log_every_prediction(
@@ -25,11 +27,14 @@ def test_two_workers_share_metrics_and_log_every_prediction(
         for _ in range(40):
             with httpx.Client(base_url=server.url, timeout=10) as fresh:  # new connections spread over workers
                 assert fresh.post("/predict", json=example).status_code == 200
-        text = client.get("/metrics").text
-    total = sum(
-        float(m.group(1))
-        for m in re.finditer(r'tabserve_requests_total\{model="co2",route="/predict",status="200"\} (\S+)', text)
-    )
+        # each worker applies its buffered observations at most a second late (observability/pending.py)
+        deadline = time.monotonic() + 5.0
+        while True:
+            text = client.get("/metrics").text
+            total = sum(float(m.group(1)) for m in re.finditer(OK_PREDICTIONS, text))
+            if total >= 40.0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     assert total == 40.0
     assert server.stop() == 0
     database = tmp_path / "w2" / "var" / "predictions.sqlite"

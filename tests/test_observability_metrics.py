@@ -59,10 +59,9 @@ def test_every_series_name_has_prefix_and_unit_suffix() -> None:
 def test_stage_inputs_and_outputs_are_recorded() -> None:
     metrics = ServiceMetrics()
     metrics.stage("inference", "co2", 0.00005)
-    metrics.warning("co2", "engine_size_l", "out_of_distribution")
-    metrics.out_of_distribution("co2", "engine_size_l")
-    metrics.regression_value("co2", 231.0)
-    metrics.class_prediction("penguins", "Adelie", 0.97)
+    metrics.warnings("co2", {("engine_size_l", "out_of_distribution"): 1})
+    metrics.regression_values("co2", [231.0])
+    metrics.class_predictions("penguins", {"Adelie": 1}, [0.97])
     metrics.rejected("overload")
     with metrics.in_flight():
         assert _samples(metrics)[("tabserve_in_flight_requests", ())] == 1
@@ -134,6 +133,8 @@ m.model_info("co2", "1.0.0", "aa", degraded=False)
 m.in_flight_inc()
 if len(sys.argv) > 3:
     sys.stdout.write(m.render()[0].decode())
+else:
+    m.close()  # what a worker's shutdown does: buffered observations reach the shared files
 """
 
 
@@ -157,12 +158,17 @@ def test_render_merges_workers_and_drops_dead_gauges_in_multiprocess_mode(tmp_pa
 def test_observe_many_equals_observing_one_by_one() -> None:
     import random
 
-    from prometheus_client import CollectorRegistry, Histogram, generate_latest
-
-    from tabserve.observability.metrics import observe_many
-
     rng = random.Random(5)
     values = [rng.choice([0.0, 0.1, 0.25, 0.26, 1.0, 7.5, 9.99, 10.0, 11.0, 1e9]) for _ in range(500)]
+    _assert_bulk_equals_one_by_one(values)
+    _assert_bulk_equals_one_by_one(values[:7])  # the pure-Python path of a short list
+
+
+def _assert_bulk_equals_one_by_one(values: list[float]) -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from tabserve.observability.pending import observe_many
+
     texts = []
     for bulk in (False, True):
         registry = CollectorRegistry()

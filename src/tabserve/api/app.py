@@ -230,4 +230,5 @@ async def _close(ctx: AppContext) -> None:
         level = 20 if clean else 40
         log_fields(ctx.logger, level, "prediction log flushed" if clean else "prediction log flush incomplete")
         ctx.log.backend.close()
+    ctx.metrics.close()  # buffered observations reach prometheus_client (multiprocess: the shared files)
     ctx.tracing.shutdown()

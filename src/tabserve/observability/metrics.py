@@ -2,7 +2,9 @@
 
 Nothing here is global: ``create_app(settings)`` builds one ``ServiceMetrics`` and passes it down, so
 tests never share counters. The hot-path methods look label children up in plain dicts (bound once per
-label set, then reused) instead of calling ``.labels()`` per request.
+label set, then reused) instead of calling ``.labels()`` per request, and record into an
+``ObservationBuffer`` (``pending.py``): a list append or an integer add, applied to prometheus_client in bulk
+before every scrape, at shutdown and at most a second later otherwise.
 
 Multiprocess mode (several uvicorn workers): prometheus_client decides at *import time* whether values
 live in per-process mmap files (``PROMETHEUS_MULTIPROC_DIR`` set) or in memory. So the parent process
@@ -22,9 +24,8 @@ import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -35,6 +36,8 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from tabserve.observability.pending import ObservationBuffer, PendingCounter, PendingHistogram
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -75,27 +78,6 @@ class PredictionLogMetrics(Protocol):
     def spilled(self, n: int) -> None: ...
     def replayed(self, n: int) -> None: ...
     def spill_failed(self, n: int) -> None: ...
-
-
-def observe_many(histogram: Any, values: Sequence[float]) -> None:
-    """``histogram.observe(v)`` for every value, with one increment per bucket instead of one per value.
-
-    prometheus_client has no bulk observe; this updates the child's bucket and sum values (``_buckets``,
-    ``_sum``, ``_upper_bounds``: the same objects ``observe`` updates, in single and multiprocess mode alike).
-    Small batches, or a client without those attributes, take the per-value path. A test checks both agree.
-    """
-    bounds = getattr(histogram, "_upper_bounds", None)
-    if len(values) < 16 or bounds is None or not hasattr(histogram, "_buckets"):
-        for value in values:
-            histogram.observe(value)
-        return
-    counts = np.bincount(
-        np.searchsorted(np.asarray(bounds), np.asarray(values, dtype=np.float64), side="left"), minlength=len(bounds)
-    )
-    histogram._sum.inc(float(np.sum(values)))
-    for bucket, n in zip(histogram._buckets, counts.tolist(), strict=False):
-        if n:
-            bucket.inc(n)
 
 
 def prepare_multiprocess_dir(path: Path) -> Path:
@@ -252,12 +234,16 @@ class ServiceMetrics:
             ["model", "feature"], registry=reg, multiprocess_mode="livemax",
         )  # fmt: skip
         # Bound children: label tuple -> child. Filled on first use, reused afterwards.
-        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._stage_children: dict[tuple[str, str], Any] = {}
-        self._model_children: dict[str, tuple[Any, Any, Any, Any]] = {}
-        self._class_children: dict[tuple[str, str], Any] = {}
-        self._warning_children: dict[tuple[str, str, str], Any] = {}
-        self._ood_children: dict[tuple[str, str], Any] = {}
+        self._buffer = ObservationBuffer()
+        self._request_children: dict[tuple[str, str, int], tuple[PendingCounter, PendingHistogram]] = {}
+        self._stage_children: dict[tuple[str, str], PendingHistogram] = {}
+        self._model_children: dict[
+            str, tuple[PendingCounter, PendingHistogram, PendingHistogram, PendingHistogram]
+        ] = {}
+        self._class_children: dict[tuple[str, str], PendingCounter] = {}
+        self._warning_children: dict[tuple[str, str, str], PendingCounter] = {}
+        self._ood_children: dict[tuple[str, str], PendingCounter] = {}
+        self._rejected_children: dict[str, PendingCounter] = {}
         self._info_labels: dict[str, tuple[str, str, str, str]] = {}
         self._store = _StoreAdapter(self)
 
@@ -267,37 +253,38 @@ class ServiceMetrics:
         key = (route, model, status)
         children = self._request_children.get(key)
         if children is None:
+            buffer = self._buffer
             children = self._request_children[key] = (
-                self._requests.labels(route, model, str(status)),
-                self._latency.labels(route, model),
+                buffer.counter(self._requests.labels(route, model, str(status))),
+                buffer.histogram(self._latency.labels(route, model)),
             )
-        children[0].inc()
-        children[1].observe(seconds)
+        children[0].n += 1
+        children[1].values.append(seconds)
+        self._buffer.recorded()
 
     def stage(self, stage: str, model: str, seconds: float) -> None:
         """Duration of one stage (validate / preprocess / inference / serialise) of one request."""
         key = (stage, model)
         child = self._stage_children.get(key)
         if child is None:
-            child = self._stage_children[key] = self._stage.labels(stage, model)
-        child.observe(seconds)
+            child = self._stage_children[key] = self._buffer.histogram(self._stage.labels(stage, model))
+        child.values.append(seconds)
 
-    def _model(self, model: str) -> tuple[Any, Any, Any, Any]:
-        children = self._model_children.get(model)
-        if children is None:
-            children = self._model_children[model] = (
-                self._rows.labels(model),
-                self._batch_rows.labels(model),
-                self._regression.labels(model),
-                self._top_probability.labels(model),
-            )
+    def _model(self, model: str) -> tuple[PendingCounter, PendingHistogram, PendingHistogram, PendingHistogram]:
+        buffer = self._buffer
+        children = self._model_children[model] = (
+            buffer.counter(self._rows.labels(model)),
+            buffer.histogram(self._batch_rows.labels(model)),
+            buffer.histogram(self._regression.labels(model)),
+            buffer.histogram(self._top_probability.labels(model)),
+        )
         return children
 
     def rows(self, model: str, n: int) -> None:
         """``n`` instances scored by one request."""
         children = self._model_children.get(model) or self._model(model)
-        children[0].inc(n)
-        children[1].observe(n)
+        children[0].n += n
+        children[1].values.append(n)
 
     def in_flight_inc(self) -> None:
         self._in_flight.inc()
@@ -316,66 +303,43 @@ class ServiceMetrics:
 
     def rejected(self, reason: str) -> None:
         """Admission control refused a request: ``overload`` (503) or ``rate_limit`` (429)."""
-        self._rejected.labels(reason).inc()
+        child = self._rejected_children.get(reason)
+        if child is None:
+            child = self._rejected_children[reason] = self._buffer.counter(self._rejected.labels(reason))
+        child.n += 1
 
     # --- inputs and outputs ---------------------------------------------------------------------
-    def warning(self, model: str, feature: str, code: str) -> None:
-        key = (model, feature, code)
-        child = self._warning_children.get(key)
-        if child is None:
-            child = self._warning_children[key] = self._warnings.labels(model, feature, code)
-        child.inc()
-
-    def out_of_distribution(self, model: str, feature: str) -> None:
-        key = (model, feature)
-        child = self._ood_children.get(key)
-        if child is None:
-            child = self._ood_children[key] = self._ood.labels(model, feature)
-        child.inc()
-
-    def regression_value(self, model: str, value: float) -> None:
-        children = self._model_children.get(model) or self._model(model)
-        children[2].observe(value)
-
     def regression_values(self, model: str, values: Sequence[float]) -> None:
-        """A batch's predictions: the same histogram as ``regression_value`` per row, one update per bucket."""
+        """A request's predictions of a regression model."""
         children = self._model_children.get(model) or self._model(model)
-        observe_many(children[2], values)
+        children[2].values += values
 
     def warnings(self, model: str, counts: Mapping[tuple[str, str], int]) -> None:
         """``counts[(feature, code)]`` warnings of one request; out_of_distribution ones counted there too."""
+        buffer = self._buffer
         for (feature, code), n in counts.items():
             key = (model, feature, code)
             child = self._warning_children.get(key)
             if child is None:
-                child = self._warning_children[key] = self._warnings.labels(model, feature, code)
-            child.inc(n)
+                child = self._warning_children[key] = buffer.counter(self._warnings.labels(model, feature, code))
+            child.n += n
             if code == "out_of_distribution":
                 ood_key = (model, feature)
                 ood = self._ood_children.get(ood_key)
                 if ood is None:
-                    ood = self._ood_children[ood_key] = self._ood.labels(model, feature)
-                ood.inc(n)
+                    ood = self._ood_children[ood_key] = buffer.counter(self._ood.labels(model, feature))
+                ood.n += n
 
     def class_predictions(self, model: str, counts: Mapping[str, int], top_probabilities: Sequence[float]) -> None:
-        """A batch's predicted classes (counted per class) and top-class probabilities (one update per bucket)."""
+        """A request's predicted classes (counted per class) and top-class probabilities."""
         for cls, n in counts.items():
             key = (model, cls)
             child = self._class_children.get(key)
             if child is None:
-                child = self._class_children[key] = self._classes.labels(model, cls)
-            child.inc(n)
+                child = self._class_children[key] = self._buffer.counter(self._classes.labels(model, cls))
+            child.n += n
         children = self._model_children.get(model) or self._model(model)
-        observe_many(children[3], top_probabilities)
-
-    def class_prediction(self, model: str, cls: str, top_probability: float) -> None:
-        key = (model, cls)
-        child = self._class_children.get(key)
-        if child is None:
-            child = self._class_children[key] = self._classes.labels(model, cls)
-        child.inc()
-        children = self._model_children.get(model) or self._model(model)
-        children[3].observe(top_probability)
+        children[3].values += top_probabilities
 
     # --- models, drift --------------------------------------------------------------------------
     def model_info(self, name: str, version: str, sha256: str, degraded: bool) -> None:
@@ -425,8 +389,17 @@ class ServiceMetrics:
         return self._store
 
     # --- exposition -----------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Apply the buffered hot-path observations now (``render`` does; so does shutdown)."""
+        self._buffer.flush()
+
+    def close(self) -> None:
+        """Shutdown: apply what is buffered and stop the flush timer."""
+        self._buffer.close()
+
     def render(self) -> tuple[bytes, str]:
         """The text exposition (body, content type); merges all workers in multiprocess mode."""
+        self._buffer.flush()
         if self.multiprocess_dir is None:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
         mark_dead_workers(self.multiprocess_dir)
