@@ -293,7 +293,9 @@ def test_backstop_in_the_app_is_looser_for_requests_the_gate_accepted() -> None:
     with pytest.raises(OverloadedError):
         context.run(admission.admit, now)
     assert BACKSTOP_FACTOR * 0.010 > 0.015
-    context.run(admission.admit, now, 0, True)  # accepted at parse time: the estimate was a little off, serve it
+    admission.admit(now, 0, now - 0.015)  # accepted at parse time: the estimate was a little off, serve it
+    with pytest.raises(OverloadedError):
+        admission.admit(now, 0, now - BACKSTOP_FACTOR * 0.010 - 0.001)  # but not any wait at all
 
 
 def test_serve_uses_the_shedding_protocol_unless_turned_off() -> None:

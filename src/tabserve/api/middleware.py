@@ -172,14 +172,14 @@ class Admission:
             return sample
         return estimate + SERVICE_EWMA_ALPHA * (min(sample, SAMPLE_CLIP * estimate) - estimate)
 
-    def admit(self, now: float, body_bytes: int = 0, gated: bool = False) -> None:
-        """In the app, before any work: refuse (OverloadedError) or let through; ``gated``: the request passed
-        the parse-time gate."""
+    def admit(self, now: float, body_bytes: int = 0, gated_at: float | None = None) -> None:
+        """In the app, before any work: refuse (OverloadedError) or let through. ``gated_at``: when the request
+        passed the parse-time gate (its wait counts from there; the task factory's stamp otherwise)."""
         if self.limit and self.in_flight >= self.limit:
             raise OverloadedError(f"{self.limit} requests already in flight on this worker; retry shortly")
         if self.max_queue_s:
-            waited = now - _ENQUEUED.get(now)
-            bound = self.queue_bound(body_bytes) * (BACKSTOP_FACTOR if gated else 1.0)
+            waited = now - (_ENQUEUED.get(now) if gated_at is None else gated_at)
+            bound = self.queue_bound(body_bytes) * (1.0 if gated_at is None else BACKSTOP_FACTOR)
             if waited > bound:
                 raise OverloadedError(f"the request waited {waited * 1000:.0f} ms for this worker; retry shortly")
 
@@ -205,11 +205,8 @@ class RateLimiter:
             self._buckets.popitem(last=False)
 
 
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    for key, value in headers:
-        if key == name:
-            return value.decode("latin-1")
-    return None
+def _decoded(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
 
 
 def _clean_request_id(value: str | None) -> str:
@@ -244,9 +241,10 @@ class RequestEnvelope:
             return
         started = time.perf_counter()
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        request_id = _clean_request_id(_header(headers, b"x-request-id"))
-        traceparent = _header(headers, b"traceparent")
-        trace = trace_from_headers(traceparent, _header(headers, b"x-cloud-trace-context"))
+        named = dict(headers)  # one pass (a repeated header: its last value)
+        request_id = _clean_request_id(_decoded(named.get(b"x-request-id")))
+        traceparent = _decoded(named.get(b"traceparent"))
+        trace = trace_from_headers(traceparent, _decoded(named.get(b"x-cloud-trace-context")))
         token = bind_request(request_id, trace)
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
@@ -265,10 +263,10 @@ class RequestEnvelope:
         try:
             if path not in EXEMPT_PATHS:
                 try:
-                    size = self._declared_size(headers)
-                    self.admission.admit(started, size, scope.get(GATED, False))
+                    size = self._declared_size(named.get(b"content-length"))
+                    self.admission.admit(started, size, scope.get(GATED_AT))
                     if self.limiter is not None:
-                        self.limiter.check(self._client_key(scope, headers), time.monotonic())
+                        self.limiter.check(self._client_key(scope, named), time.monotonic())
                 except TabserveError as exc:
                     if isinstance(exc, OverloadedError | RateLimitedError):
                         self.metrics.rejected("overload" if isinstance(exc, OverloadedError) else "rate_limit")
@@ -329,9 +327,8 @@ class RequestEnvelope:
                 tracing.set_attributes(model=state.get("model", ""), rows=state.get("rows", 0))
                 tracing.stage_spans(timings.started_ns, timings.stages())
 
-    def _declared_size(self, headers: list[tuple[bytes, bytes]]) -> int:
+    def _declared_size(self, declared: bytes | None) -> int:
         """Content-Length (0 when absent); a body over the limit is refused before anything reads it."""
-        declared = _header(headers, b"content-length")
         if declared is None or not declared.isdigit():
             return 0
         size = int(declared)
@@ -340,8 +337,8 @@ class RequestEnvelope:
         return size
 
     @staticmethod
-    def _client_key(scope: Scope, headers: list[tuple[bytes, bytes]]) -> str:
-        key = _header(headers, b"x-api-key")
+    def _client_key(scope: Scope, named: dict[bytes, bytes]) -> str:
+        key = _decoded(named.get(b"x-api-key"))
         if key:
             return "key:" + key
         client = scope.get("client")

@@ -19,6 +19,7 @@ never refused; nothing else in the protocol changes.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import time
 from typing import Any
@@ -104,10 +105,12 @@ class SheddingProtocol(HttpToolsProtocol):
             self._refuse(cycle, path, detail, rid)
             admission.refused(time.perf_counter() - parsed)
             return
+        # A Task made here, not by loop.create_task: the admission's task factory stamps every task's start for
+        # the in-app backstop, and a gated request carries its own stamp (GATED_AT) already.
         if self.config.reset_contextvars:
-            task = self.loop.create_task(cycle.run_asgi(app), context=contextvars.Context())
+            task = asyncio.Task(cycle.run_asgi(app), loop=self.loop, context=contextvars.Context())
         else:
-            task = self.loop.create_task(cycle.run_asgi(app))
+            task = asyncio.Task(cycle.run_asgi(app), loop=self.loop)
         task.add_done_callback(self.tasks.discard)
         task.add_done_callback(lambda _: admission.release(scope))
         self.tasks.add(task)
