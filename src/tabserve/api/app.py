@@ -29,6 +29,7 @@ from tabserve.api.routes_oip import router as oip_router
 from tabserve.api.routes_predict import PredictFastPath
 from tabserve.config import Settings
 from tabserve.errors import TabserveError
+from tabserve.memory import release_startup_memory
 from tabserve.observability.drift import DriftMonitor
 from tabserve.observability.logging import AccessLog, configure_logging, log_fields
 from tabserve.observability.metrics import ServiceMetrics
@@ -172,7 +173,17 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # collector's generations, so a full collection under load scans only request garbage. Without this, gen-2
     # collections over the start-up heap were the admitted requests' p99 at 10x overload (46-60 ms vs 30-39 ms).
     gc.freeze()
-    log_fields(ctx.logger, 20, "ready", models={n: s.version for n, s in ctx.registry.states().items()})
+    # What start-up freed (the models' conversion sessions) goes back to the system, and the library pages only
+    # start-up ran leave the resident set (they come back from the page cache if touched): about 25 MB per worker.
+    trimmed, dropped_kb = release_startup_memory()
+    log_fields(
+        ctx.logger,
+        20,
+        "ready",
+        models={n: s.version for n, s in ctx.registry.states().items()},
+        heap_trimmed=trimmed,
+        file_pages_dropped_kb=dropped_kb,
+    )
     try:
         yield
     finally:
