@@ -263,3 +263,13 @@ def test_ready_worker_gave_start_up_memory_back(tmp_path: Path) -> None:
     assert ready[0]["heap_trimmed"] is True
     assert ready[0]["file_pages_dropped_kb"] > 20_000
     assert rss_kb < 100 * 1024, rss_kb
+
+
+def test_dropping_library_pages_can_be_turned_off(tmp_path: Path) -> None:
+    env = {"TABSERVE_MODELS": "co2", "TABSERVE_PREDICTION_LOG": "false", "TABSERVE_RELEASE_STARTUP_MEMORY": "false"}
+    server = start_server(tmp_path, env)
+    server.stop()
+    ready = [json.loads(line) for line in server.log().splitlines() if line.startswith('{"') and '"ready"' in line]
+    ready = [record for record in ready if record["message"] == "ready"]
+    assert len(ready) == 1, server.log()
+    assert ready[0]["file_pages_dropped_kb"] == 0

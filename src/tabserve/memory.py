@@ -110,7 +110,7 @@ def drop_clean_file_pages(smaps: Path = Path("/proc/self/smaps")) -> int:
     return dropped
 
 
-def release_startup_memory() -> tuple[bool, int]:
-    """Once the worker is loaded and warm: trim the C heap, then drop the clean library pages.
-    Returns (heap trimmed, kB of file pages dropped)."""
-    return trim_heap(), drop_clean_file_pages()
+def release_startup_memory(*, drop_file_pages: bool = True) -> tuple[bool, int]:
+    """Once the worker is loaded and warm: trim the C heap, then (``drop_file_pages``) drop the clean library
+    pages. Returns (heap trimmed, kB of file pages dropped)."""
+    return trim_heap(), drop_clean_file_pages() if drop_file_pages else 0
