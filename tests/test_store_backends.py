@@ -57,7 +57,7 @@ def test_migrate_is_idempotent_when_run_twice(store: PredictionStore) -> None:
     store.write([record("a")])
     store.migrate()
     assert isinstance(store, SqliteStore | PostgresStore)
-    assert store.schema_version() == 1
+    assert store.schema_version() == (2 if isinstance(store, SqliteStore) else 1)
     assert store.count() == 1
 
 
@@ -147,6 +147,20 @@ def test_prune_deletes_rows_and_feedback_when_older_than_cutoff(store: Predictio
     store.write([record("old", t=now - 40 * 86_400)])  # same id again: its old feedback must be gone
     assert [r["actual"] for r in store.export(None, None, False)] == [None, 2.0]
     assert store.count("co2") == 2
+
+
+def test_prune_deletes_old_rows_of_every_model_when_several(store: PredictionStore) -> None:
+    now = time.time()
+    old, new = now - 40 * 86_400, now - 86_400
+    store.write([
+        record("a", t=old), record("b", t=new), record("c", t=old, model="penguins", pred="Adelie"),
+        record("d", t=new, model="penguins", pred="Gentoo"), record("e", t=old, model="zz"),
+    ])  # fmt: skip
+    store.attach_feedback("c", 0, "Adelie")
+    assert prune(store, 30, now=now) == 3
+    assert sorted(r["request_id"] for r in store.export(None, None, False)) == ["b", "d"]
+    assert (store.count("co2"), store.count("penguins"), store.count("zz")) == (1, 1, 0)
+    assert prune(store, 30, now=now) == 0
 
 
 def test_prune_rejects_non_positive_days_when_called() -> None:

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import parse_qsl
 
 from tabserve.errors import StoreError
 from tabserve.store.record import LogRow, PredictionRecord
@@ -88,7 +89,8 @@ def open_store(url_or_path: str, data_dir: Path) -> PredictionStore:
 
     - ``""`` -> SQLite at ``data_dir/predictions.sqlite`` (the folder is created);
     - ``sqlite:///name.sqlite`` -> SQLite at ``data_dir/name.sqlite``; ``sqlite:////abs/path`` -> that path;
-      a bare path is treated the same way (relative paths are under ``data_dir``);
+      a bare path is treated the same way (relative paths are under ``data_dir``); ``?synchronous=full``
+      after a ``sqlite:///`` URL makes every commit power-safe (default ``normal``: see ``SqliteStore``);
     - ``postgresql://...`` / ``postgres://...`` -> PostgreSQL (psycopg 3).
 
     Nothing is connected here: migrations run on first use (or call ``migrate()`` to fail fast).
@@ -106,7 +108,14 @@ def open_store(url_or_path: str, data_dir: Path) -> PredictionStore:
     path_text = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
     if url.startswith("sqlite://") and not url.startswith("sqlite:///"):
         raise StoreError(f"bad SQLite URL {url!r}: use sqlite:///relative/path or sqlite:////absolute/path")
+    options: dict[str, str] = {}
+    if url.startswith("sqlite:///") and "?" in path_text:
+        path_text, query = path_text.split("?", 1)
+        options = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = sorted(set(options) - {"synchronous"})
+    if unknown:
+        raise StoreError(f"unknown SQLite URL option(s) {', '.join(unknown)} (supported: synchronous=normal|full)")
     path = Path(path_text) if path_text else Path(DEFAULT_SQLITE_FILE)
     if not path.is_absolute():
         path = data_dir / path
-    return SqliteStore(path)
+    return SqliteStore(path, synchronous=options.get("synchronous", "normal"))

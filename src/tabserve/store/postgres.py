@@ -115,7 +115,8 @@ class PostgresStore(SqlStore):
         )
 
     @contextmanager
-    def _transaction(self, conn: Any, *, write: bool) -> Iterator[Any]:  # noqa: ARG002 (same locks either way)
+    def _transaction(self, conn: Any, *, write: bool, autocommit: bool = False) -> Iterator[Any]:  # noqa: ARG002
+        """One transaction whatever ``write`` and ``autocommit`` say (COPY + insert must commit together)."""
         with conn.transaction(), conn.cursor() as cur:
             yield cur
 

@@ -31,9 +31,9 @@ class RecordRejectedError(StoreError):
 
 
 Migration = tuple[int, tuple[str, ...]]
-MAX_CHUNK_ROWS = 128
-"""Rows per INSERT statement (128 x 13 values; SQLite allows 32,766). The driver keeps each prepared size
-with its last bound values (SQLite copies bound text), so larger chunks cost memory for no measurable CPU."""
+MAX_CHUNK_ROWS = 512
+"""Rows per INSERT statement (512 x 13 values; SQLite allows 32,766): a batch of the log is one statement.
+The driver keeps each prepared size with its last bound values (SQLite copies bound text, ~0.5 MB here)."""
 
 PREDICTION_COLUMNS = _COLUMNS = (
     "request_id, idx, time, model, model_version, inputs_raw, inputs, prediction_value, prediction_label, "
@@ -44,6 +44,13 @@ _SELECT = (
     "p.prediction_label, p.output, p.warnings, p.out_of_distribution, p.latency_ms, f.actual_value, "
     "f.actual_label, f.time FROM predictions p LEFT JOIN feedback f ON f.request_id = p.request_id AND f.idx = p.idx"
 )
+
+_MODELS = (
+    "WITH RECURSIVE m(model) AS (SELECT MIN(model) FROM predictions UNION ALL "
+    "SELECT (SELECT MIN(model) FROM predictions WHERE model > m.model) FROM m WHERE m.model IS NOT NULL) "
+    "SELECT model FROM m WHERE model IS NOT NULL"
+)
+"""The distinct models, one index seek each (a loose index scan; both databases)."""
 
 
 def _json(value: Any) -> Any:
@@ -75,6 +82,10 @@ class SqlStore(ABC):
     placeholder: str = "?"
     json_placeholder: str = "?"
     migrations: tuple[Migration, ...] = ()
+    autocommit_inserts: bool = False
+    """``write_rows`` lets each INSERT statement commit on its own instead of opening a transaction: the
+    unique key makes a batch's partial write harmless (its retry skips what is there), and SQLite spends
+    less CPU on one statement than on BEGIN + INSERT + COMMIT."""
     schema_version_ddl: str = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL)"
 
     def __init__(self) -> None:
@@ -91,8 +102,9 @@ class SqlStore(ABC):
         """A new DB-API connection (raises the backend's error when the database is unreachable)."""
 
     @abstractmethod
-    def _transaction(self, conn: Any, *, write: bool) -> AbstractContextManager[Any]:
-        """A context manager yielding a cursor inside one transaction (commit on success, rollback on error)."""
+    def _transaction(self, conn: Any, *, write: bool, autocommit: bool = False) -> AbstractContextManager[Any]:
+        """A context manager yielding a cursor inside one transaction (commit on success, rollback on error);
+        with ``autocommit`` the backend may let each statement commit on its own instead."""
 
     @abstractmethod
     def _lock_migrations(self, cur: Any) -> None:
@@ -146,13 +158,14 @@ class SqlStore(ABC):
         except self._errors:
             log.debug("closing a failed store connection failed too", exc_info=True)
 
-    def _run(self, what: str, fn: Any, *, write: bool) -> Any:
-        """Run ``fn(cursor)`` in a transaction on this thread's connection; DB failures -> StoreError."""
+    def _run(self, what: str, fn: Any, *, write: bool, autocommit: bool = False) -> Any:
+        """Run ``fn(cursor)`` in a transaction on this thread's connection (``autocommit``: each statement on
+        its own, where the backend allows it); DB failures -> StoreError."""
         if not self._migrated and what != "migrate":
             self.migrate()
         conn = self._conn()
         try:
-            with self._transaction(conn, write=write) as cur:
+            with self._transaction(conn, write=write, autocommit=autocommit) as cur:
                 return fn(cur)
         except (OverflowError, ValueError, TypeError) as exc:  # a value the driver cannot even bind
             raise RecordRejectedError(f"prediction store {self.describe()}: {what} cannot bind a value: {exc}") from exc
@@ -195,26 +208,31 @@ class SqlStore(ABC):
         self.write_rows([record_row(r) for r in records])
 
     def write_rows(self, rows: Sequence[LogRow]) -> None:
-        """``write`` for rows already encoded (what ``PredictionLog`` hands over): one transaction."""
+        """``write`` for rows already encoded (what ``PredictionLog`` hands over): one transaction, or one
+        statement per chunk (``autocommit_inserts``)."""
         if rows:
-            self._run("write", lambda cur: self._insert_rows(cur, rows), write=True)
+            self._run("write", lambda cur: self._insert_rows(cur, rows), write=True, autocommit=self.autocommit_inserts)
 
     def _insert_rows(self, cur: Any, rows: Sequence[LogRow]) -> None:
-        """Insert-or-ignore ``rows`` (in ``PREDICTION_COLUMNS`` order) inside the current transaction.
+        """Insert-or-ignore ``rows`` (in ``PREDICTION_COLUMNS`` order).
 
-        Many rows per statement (``VALUES (...), (...), ...``), in chunks of a power of two rows so that few
-        distinct statements are prepared (the driver caches them). ``executemany`` would release and retake
-        the GIL around every row's step: the writer thread would then wait for the event loop once per row.
-        Here it does so once per chunk, and binds every value of a chunk in one C call.
+        Many rows per statement (``VALUES (...), (...), ...``), in chunks of ``_chunk_rows``. A shorter last
+        chunk is padded to the next power of two with repeats of its last row, which the unique key ignores:
+        so a batch is one statement, whatever its length, and only a few sizes are ever prepared (the driver
+        caches them). ``executemany`` would release and retake the GIL around every row's step: the writer
+        thread would then wait for the event loop once per row. Here it does so once per chunk, and binds
+        every value of a chunk in one C call.
         """
         chunk = self._chunk_rows(cur)
-        start, total = 0, len(rows)
-        while start < total:
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
             size = chunk
-            while size > total - start:
+            while size // 2 >= len(part):
                 size //= 2
-            cur.execute(self._values_sql(size), list(chain.from_iterable(rows[start : start + size])))
-            start += size
+            params = list(chain.from_iterable(part))
+            if size > len(part):
+                params += part[-1] * (size - len(part))
+            cur.execute(self._values_sql(size), params)
 
     def _chunk_rows(self, cur: Any) -> int:  # noqa: ARG002 - backends may ask the connection
         return MAX_CHUNK_ROWS
@@ -344,16 +362,25 @@ class SqlStore(ABC):
         return result
 
     def prune(self, older_than: float) -> int:
+        """Model by model, so that the ``(model, time)`` index finds the rows (SQLite has no index on time
+        alone); the models come from the same index, one seek each."""
+
         def delete(cur: Any) -> int:
+            cutoff = float(older_than)
+            cur.execute(_MODELS)
+            models = [row[0] for row in cur.fetchall()]
             cur.execute(
                 self._sql(
                     "DELETE FROM feedback WHERE EXISTS (SELECT 1 FROM predictions p WHERE p.request_id = "
                     "feedback.request_id AND p.idx = feedback.idx AND p.time < ?)"
                 ),
-                (float(older_than),),
+                (cutoff,),
             )
-            cur.execute(self._sql("DELETE FROM predictions WHERE time < ?"), (float(older_than),))
-            return int(cur.rowcount)
+            deleted = 0
+            for model in models:
+                cur.execute(self._sql("DELETE FROM predictions WHERE model = ? AND time < ?"), (model, cutoff))
+                deleted += int(cur.rowcount)
+            return deleted
 
         deleted: int = self._run("prune", delete, write=True)
         return deleted

@@ -2,6 +2,8 @@
 
 One writer (the log's thread) plus readers on their own connections (feedback, export, drift). WAL lets
 readers proceed while the writer commits; ``busy_timeout`` absorbs short lock waits between processes.
+``synchronous=NORMAL`` (the default here) syncs the WAL at checkpoints instead of at every commit: a commit
+survives a crash of the process, and only a power loss or kernel crash can take back the last commits.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tabserve.errors import StoreError
 from tabserve.store.sql import MAX_CHUNK_ROWS, PREDICTION_COLUMNS, Migration, SqlStore
@@ -48,7 +50,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    # Every query of the log filters by model (export, drift, feedback by request id, prune per model), so
+    # the (model, time) index serves them all; a third index cost each insert ~0.5 µs of CPU (1 row in 10).
+    (2, ("DROP INDEX IF EXISTS predictions_time",)),
 )
+
+
+Synchronous = Literal["normal", "full"]
+SYNCHRONOUS: tuple[Synchronous, ...] = ("normal", "full")
+PAGE_SIZE = 16_384
+"""Bytes per page of a new database. A logged row is about 1 KB: 16 KiB pages take 4x fewer WAL frames and
+checkpoint copies (one system call each) than SQLite's 4 KiB, ~1 µs less CPU per row."""
 
 
 class SqliteStore(SqlStore):
@@ -57,8 +69,17 @@ class SqliteStore(SqlStore):
     placeholder = "?"
     json_placeholder = "?"
     migrations = MIGRATIONS
+    autocommit_inserts = True
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = 5.0, cache_kib: int = 512) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        busy_timeout_s: float = 5.0,
+        cache_kib: int = 512,
+        synchronous: str = "normal",
+        page_size: int = PAGE_SIZE,
+    ) -> None:
         super().__init__()
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
@@ -66,6 +87,13 @@ class SqliteStore(SqlStore):
         """Page cache per connection (SQLite's default is 2,000 KiB). Inserts only touch the right edge of
         the table and of its indexes (time-ordered keys), feedback and drift read a few pages: 512 KiB keeps
         the writer's resident memory ~1.5 MB lower for the same CPU."""
+        mode = synchronous.strip().lower()
+        if mode not in SYNCHRONOUS:
+            raise StoreError(f"SQLite synchronous must be {' or '.join(SYNCHRONOUS)}, not {synchronous!r}")
+        self.synchronous: Synchronous = "full" if mode == "full" else "normal"
+        """``normal``: no fsync per commit (WAL; a process crash loses nothing); ``full``: also power-safe."""
+        self.page_size = page_size
+        """For a new database file only (an existing one keeps its own)."""
 
     @property
     def _errors(self) -> tuple[type[BaseException], ...]:
@@ -85,7 +113,9 @@ class SqliteStore(SqlStore):
             raise StoreError(f"cannot create the folder of {self.path}: {exc}") from exc
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
         try:
+            conn.execute(f"PRAGMA page_size={int(self.page_size)}")  # before WAL: a new, empty file takes it
             conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(f"PRAGMA cache_size=-{self.cache_kib}")
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
@@ -95,8 +125,14 @@ class SqliteStore(SqlStore):
         return conn
 
     @contextmanager
-    def _transaction(self, conn: Any, *, write: bool) -> Iterator[Any]:
+    def _transaction(self, conn: Any, *, write: bool, autocommit: bool = False) -> Iterator[Any]:
         cur = conn.cursor()
+        if autocommit:  # isolation_level=None: each statement is its own transaction
+            try:
+                yield cur
+            finally:
+                cur.close()
+            return
         cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             yield cur
