@@ -17,7 +17,7 @@ import pytest
 
 from tabserve.errors import NotFoundError
 from tabserve.store import CountingObserver, PredictionLog, PredictionRecord
-from tabserve.store.record import record_line
+from tabserve.store.record import record_line, record_row
 from tabserve.store.sqlite import SqliteStore
 
 
@@ -83,6 +83,41 @@ def test_log_writes_everything_in_order_when_database_healthy(store: SqliteStore
     assert log.flush(10)
     assert db_keys(store) == keys(records)
     assert (observer.total_written, observer.total_spilled) == (1234, 0)
+    assert log.close(5)
+
+
+def test_each_full_batch_wakes_the_writer_when_flush_timer_is_far(store: SqliteStore, tmp_path: Path) -> None:
+    log, observer = make_log(store, tmp_path, batch_size=20, flush_interval_s=60.0)
+    log.start()
+    records = [record(i) for i in range(60)]
+    for burst in range(3):  # the writer is woken once per full batch, and again after it took one
+        for r in records[burst * 20 : (burst + 1) * 20]:
+            log.submit([r])
+        wait_until(lambda burst=burst: observer.total_written == (burst + 1) * 20, timeout_s=5)
+    assert db_keys(store) == keys(records)
+    assert log.close(5)
+
+
+def test_single_rows_and_lists_keep_their_order_when_mixed(store: SqliteStore, tmp_path: Path) -> None:
+    log, observer = make_log(store, tmp_path, batch_size=16, queue_size=40)
+    records = [record(i) for i in range(100)]
+    rows = [record_row(r) for r in records]
+    log.spill.open()
+    log.submit_row(rows[0])
+    log.submit_rows(rows[1:39])
+    log.submit_row(rows[39])
+    log.submit_row(rows[40])  # the queue is full and the writer is not running: spilled, in order
+    assert (log.queue_depth, observer.total_spilled) == (40, 1)
+    log.spill.close()
+    log.start()  # replays the spilled row, then writes the queue
+    for i in range(41, 100):
+        if i % 3:
+            log.submit_row(rows[i])
+        else:
+            log.submit_rows([rows[i]])
+    assert log.flush(10)
+    assert sorted(db_keys(store)) == sorted(keys(records))
+    assert observer.total_written + observer.total_replayed == 100
     assert log.close(5)
 
 

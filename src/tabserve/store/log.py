@@ -76,7 +76,7 @@ class PredictionLog:
         *,
         spill_path: Path,
         queue_size: int = 100_000,
-        batch_size: int = 500,
+        batch_size: int = 512,
         flush_interval_s: float = 0.2,
         observer: LogObserver | None = None,
         retry_delays_s: Sequence[float] = (0.05, 0.2),
@@ -99,10 +99,13 @@ class PredictionLog:
         self.probe_max_s = probe_max_s
         self.max_wait_s = max_wait_s
         """How long ``submit`` waits for room when the queue is full but the database is healthy."""
-        self._queue: deque[list[LogRow]] = deque()
-        """One entry per ``submit`` (a request's rows); ``_queued`` counts the rows."""
+        self._queue: deque[list[LogRow] | LogRow] = deque()
+        """One entry per hand-over (a request's rows, or its only row); ``_queued`` counts the rows."""
         self._queued = 0
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # a plain Lock: the request path enters it directly
+        self._woken = False
+        """The writer was told a batch is ready: no more notifying until it takes one."""
         self._accepted = 0
         self._handled = 0
         self._flush_wanted = False
@@ -137,7 +140,7 @@ class PredictionLog:
         flushed = self.flush(timeout_s * 0.7)
         with self._cond:
             self._stopping.set()
-            leftovers = [row for entry in self._queue for row in entry]
+            leftovers = [row for entry in self._queue for row in (entry if isinstance(entry, list) else (entry,))]
             self._queue.clear()
             self._queued = 0
             self._handled += len(leftovers)
@@ -167,20 +170,26 @@ class PredictionLog:
         The list is queued as it is (one entry per call, whatever its length): the caller hands it over.
         Never does I/O while there is room. A full queue waits for the writer if the database is healthy
         (``_wait_for_room``), else (or after ``max_wait_s``) the rows are spilled."""
-        n = len(rows)
-        if n == 0:
-            return
-        with self._cond:
+        if rows:
+            self._hand_over(rows, len(rows))
+
+    def submit_row(self, row: LogRow) -> None:
+        """``submit_rows([row])`` without the list (one tracked object less per request for the GC to count)."""
+        self._hand_over(row, 1)
+
+    def _hand_over(self, entry: list[LogRow] | LogRow, n: int) -> None:
+        with self._lock:
             if self._stopping.is_set():
                 pass
             elif self._queued + n <= self.queue_size or self._wait_for_room(n):
-                self._queue.append(rows)
+                self._queue.append(entry)
                 self._queued += n
                 self._accepted += n
-                if self._queued >= self.batch_size:
+                if self._queued >= self.batch_size and not self._woken:
+                    self._woken = True
                     self._cond.notify()
                 return
-        self._spill_or_fail(rows)
+        self._spill_or_fail(entry if isinstance(entry, list) else [entry])
 
     def _wait_for_room(self, n: int) -> bool:
         """Queue full: if the database is healthy the writer is only behind (it shares the core and the GIL
@@ -261,8 +270,13 @@ class PredictionLog:
                 batch: list[LogRow] = []
                 queue = self._queue
                 while queue and len(batch) < self.batch_size:  # whole entries: a batch may exceed batch_size
-                    batch += queue.popleft()
+                    entry = queue.popleft()
+                    if isinstance(entry, list):
+                        batch += entry
+                    else:
+                        batch.append(entry)
                 self._queued -= len(batch)
+                self._woken = False
                 self._in_hand = batch
                 depth = self._queued
             try:
