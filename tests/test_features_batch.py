@@ -1,4 +1,5 @@
-"""The column-wise batch path (fast and slow columns, warm caches) agrees with the one-instance path."""
+"""The column-wise batch path (fast and slow columns, warm caches) agrees with the one-instance path, and a batch
+that arrives as columns (``ColumnRows``, the Open Inference Protocol's tensors) validates as the rows it holds."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 
 from conftest import MODELS
 from tabserve.artifacts import verify_model_dir
+from tabserve.errors import RequestValidationError
+from tabserve.features.batch import MISSING, ColumnRows, uniform_columns
 from tabserve.features.validation import Batch, Instance, InstanceValidator
 from tabserve.runtime import ColumnEncoder
 
@@ -103,3 +106,80 @@ def test_category_cache_overflow_keeps_answers_right() -> None:
     batch = validator.many(rows)
     singles = [validator.one(r) for r in rows]
     assert_same(batch, singles, encoder)
+
+
+def test_column_rows_are_the_rows_they_hold() -> None:
+    rows = ColumnRows({"a": [1, 2, 3], "b": ["x", "y", "z"]}, 3)
+    assert len(rows) == 3
+    assert rows[1] == {"a": 2, "b": "y"}
+    assert rows[-1] == {"a": 3, "b": "z"}
+    assert rows[1:] == [{"a": 2, "b": "y"}, {"a": 3, "b": "z"}]
+    assert list(rows) == [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}, {"a": 3, "b": "z"}]
+    with pytest.raises(IndexError):
+        rows[3]
+    columns = uniform_columns(rows, ["b", "a", "c"])
+    assert columns is not None
+    assert list(columns) == ["b", "a", "c"]
+    assert columns["a"] is rows.columns["a"]  # taken as they are: no row was built
+    assert columns["c"] == [MISSING] * 3
+    assert uniform_columns(rows, ["a"]) is None  # "b" is not an input: the row-by-row checks name it
+
+
+def as_columns(rows: list[dict[str, Any]], names: list[str]) -> ColumnRows:
+    return ColumnRows({name: [row.get(name) for row in rows] for name in names}, len(rows))
+
+
+def same_batch(left: Batch, right: Batch) -> None:
+    assert left.columns == right.columns
+    assert left.patterns == right.patterns
+    assert left.out_of_distribution == right.out_of_distribution
+    assert left.warnings == right.warnings
+    assert left.complete == right.complete
+
+
+def test_columns_validate_as_the_rows_they_hold() -> None:
+    validator = InstanceValidator(manifest_of("co2"))
+    rows = clean_rows("co2", 300, 7)
+    for i, row in enumerate(rows):
+        if i % 4 == 0:
+            row["fuel_consumption_comb_l_per_100km"] = None
+    names = [f.name for f in validator.fields]
+    batch = validator.many(as_columns(rows, names))
+    same_batch(batch, validator.many(rows))
+    assert any(batch.warnings)
+    assert len(set(batch.patterns)) == 2
+
+
+def test_an_optional_input_left_out_validates_as_absent_in_every_row() -> None:
+    validator = InstanceValidator(manifest_of("co2"))
+    optional = [f.name for f in validator.fields if not f.required]
+    rows = [{k: v for k, v in row.items() if k not in optional} for row in clean_rows("co2", 50, 8)]
+    required = [f.name for f in validator.fields if f.required]
+    batch = validator.many(as_columns(rows, required))
+    same_batch(batch, validator.many(rows))
+    assert all(batch.columns[name] == [None] * 50 for name in optional)
+    assert set(batch.patterns) == {"000"}
+
+
+def test_a_required_input_left_out_is_an_error_per_row_as_for_rows() -> None:
+    validator = InstanceValidator(manifest_of("co2"))
+    rows = [{k: v for k, v in row.items() if k != "make"} for row in clean_rows("co2", 5, 9)]
+    names = [f.name for f in validator.fields if f.name != "make"]
+    with pytest.raises(RequestValidationError) as from_columns:
+        validator.many(as_columns(rows, names))
+    with pytest.raises(RequestValidationError) as from_rows:
+        validator.many(rows)
+    assert [e.as_dict() for e in from_columns.value.errors] == [e.as_dict() for e in from_rows.value.errors]
+    assert [e.field for e in from_columns.value.errors] == [f"body.instances.{i}.make" for i in range(5)]
+
+
+def test_an_unknown_column_is_named_as_for_rows() -> None:
+    validator = InstanceValidator(manifest_of("co2"))
+    rows = [{**row, "colour": "red"} for row in clean_rows("co2", 3, 10)]
+    names = [*(f.name for f in validator.fields), "colour"]
+    with pytest.raises(RequestValidationError) as from_columns:
+        validator.many(as_columns(rows, names))
+    with pytest.raises(RequestValidationError) as from_rows:
+        validator.many(rows)
+    assert [e.as_dict() for e in from_columns.value.errors] == [e.as_dict() for e in from_rows.value.errors]
+    assert {e.code for e in from_columns.value.errors} == {"unknown_field"}

@@ -3,15 +3,16 @@
 A batch is transposed once into one list per input, and each column is checked in one pass of C-level
 operations when it is clean (every value a plain number in range, every category a spelling seen before);
 only a column with a problem is checked value by value, with the single-instance checkers, so both paths give
-the same values, warnings and errors. Warnings are kept per row only for the rows that have some.
+the same values, warnings and errors. Warnings are kept per row only for the rows that have some. A batch that
+arrives as columns (``ColumnRows``: the Open Inference Protocol's tensors) is taken as it is, without rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -82,6 +83,8 @@ class Accumulator:
         self.skip: set[int] = set()
         self.unknown_fields: set[str] = set()
         """Inputs that had an unseen category in some row (they change those rows' conformal pattern)."""
+        self.complete: set[str] = set()
+        """Inputs a fast path found given in every row (no None to look for)."""
 
     def fail(self, error: FieldError) -> None:
         self.errors.append(error)
@@ -101,7 +104,12 @@ class Accumulator:
                 self.unknown_fields.add(warnings[0].field)
 
     def check_column(self, checker: Field, raw: list[Any], loc: Loc) -> list[Any]:
-        """The slow path: every value through the single-instance checker."""
+        """The slow path: every value through the single-instance checker. A field absent from every row (an
+        optional input left out) is checked once when that is neither an error nor a warning."""
+        if raw and raw[0] is MISSING and raw.count(MISSING) == len(raw):
+            out, error, warning = checker.check(MISSING, (*loc, 0))
+            if error is None and warning is None:
+                return [out] * self.rows
         column: list[Any] = [None] * self.rows
         skip = self.skip
         check = checker.check
@@ -143,7 +151,9 @@ def fast_numbers(checker: NumberField, raw: list[Any], acc: Accumulator) -> tupl
         outside = np.flatnonzero((array < t_low) | (array > t_high))
         values = array[outside].tolist()
         warning_of = {value: checker.ood_warning(value) for value in set(values)}  # few distinct values recur
-        acc.warn(outside.tolist(), list(map(warning_of.__getitem__, values)))
+        acc.runs.append((outside.tolist(), list(map(warning_of.__getitem__, values))))
+        acc.ood[outside] = True
+    acc.complete.add(checker.name)
     return column, array
 
 
@@ -155,6 +165,7 @@ def fast_categories(checker: CategoryField, raw: list[Any], acc: Accumulator) ->
         return None
     column, unknown = looked_up
     acc.warn(unknown, [checker.unknown_warning(raw[i]) for i in unknown])
+    acc.complete.add(checker.name)
     return column
 
 
@@ -164,7 +175,10 @@ def patterns(names: tuple[str, ...], columns: dict[str, list[Any]], acc: Accumul
     rows = acc.rows
     if not names:
         return [""] * rows
-    if not acc.unknown_fields.intersection(names) and not any(None in columns[name] for name in names):
+    given = acc.complete
+    if not acc.unknown_fields.intersection(names) and not any(
+        name not in given and None in columns[name] for name in names
+    ):
         return ["1" * len(names)] * rows  # the usual batch: every pattern input given in every row
     flags = [["0" if v is None else "1" for v in columns[name]] for name in names]
     out = ["".join(chars) for chars in zip(*flags, strict=True)]
@@ -180,6 +194,8 @@ def uniform_columns(objs: Sequence[Any], names: Sequence[str]) -> dict[str, list
     """Columns of a batch whose rows are all objects with the same keys, every key one of ``names`` (the usual
     batch), in C-level passes; None when the rows differ (then ``columns`` and a row-by-row check apply).
     A field absent from every row is a shared column of ``MISSING``."""
+    if type(objs) is ColumnRows:
+        return objs.uniform(names)
     if not objs or type(objs[0]) is not dict or set(map(type, objs)) != {dict}:
         return None
     keys = list(objs[0])
@@ -187,15 +203,54 @@ def uniform_columns(objs: Sequence[Any], names: Sequence[str]) -> dict[str, list
         return None
     n = len(objs)
     columns: dict[str, list[Any]] = dict.fromkeys(names, [MISSING] * n)  # shared, never mutated
-    try:
-        if len(keys) == 1:
-            columns[keys[0]] = list(map(itemgetter(keys[0]), objs))
-        else:  # same size and every key present: the same key set
-            for name, column in zip(keys, zip(*map(itemgetter(*keys), objs), strict=True), strict=True):
-                columns[name] = list(column)
+    try:  # same size and every key present: the same key set
+        for name in keys:
+            columns[name] = list(map(itemgetter(name), objs))
     except KeyError:
         return None
     return columns
+
+
+class ColumnRows(Sequence[dict[str, Any]]):
+    """A batch that arrived as columns (the Open Inference Protocol's one tensor per input), seen as its rows.
+
+    ``uniform_columns`` takes the columns as they are when every name is an input, so validation never builds a
+    row; anything that reads rows (the row-by-row checks of a batch with unknown names, the prediction log)
+    gets one ``{name: value}`` dict per row, built when it is read."""
+
+    __slots__ = ("_rows", "columns")
+
+    def __init__(self, columns: dict[str, list[Any]], rows: int) -> None:
+        self.columns = columns
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return self._rows
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._rows))]
+        if not -self._rows <= index < self._rows:
+            raise IndexError(index)
+        return {name: column[index] for name, column in self.columns.items()}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        names = list(self.columns)
+        for row in zip(*self.columns.values(), strict=True):
+            yield dict(zip(names, row, strict=True))
+
+    def uniform(self, names: Sequence[str]) -> dict[str, list[Any]] | None:
+        """The columns for ``uniform_columns``: every input, an absent one as a shared column of ``MISSING``;
+        None when a column is not an input (the row-by-row checks name it)."""
+        if not self._rows or not set(self.columns) <= set(names):
+            return None
+        columns: dict[str, list[Any]] = dict.fromkeys(names, [MISSING] * self._rows)  # shared, never mutated
+        columns.update(self.columns)
+        return columns
 
 
 def columns(objs: Sequence[Any], names: Sequence[str]) -> dict[str, list[Any]]:
