@@ -6,16 +6,19 @@ inputs), so a specs-only request gets the wide interval it deserves and a reques
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from tabserve.errors import FieldError, RequestValidationError
+from tabserve.features.batch import WarningRun
 from tabserve.manifest import ClassificationOutput, Manifest, level_key
 
 DEFAULT_LEVEL = 0.9
+FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +92,9 @@ class Confidence:
 
     def regression_batch(
         self, predictions: npt.NDArray[np.float32], patterns: list[str], level: float
-    ) -> tuple[list[float], list[float], list[float]]:
-        """Vectorised ``regression`` for a batch: rounded predictions, lower and upper bounds."""
-        preds = np.round(predictions.astype(np.float64), 3)
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Vectorised ``regression`` for a batch: rounded predictions, lower and upper bounds (float64 arrays)."""
+        preds = predictions.astype(np.float64).round(3)
         by_pattern = {p: table[level] for p, table in self.quantiles.items()}
         q: float | npt.NDArray[np.float64]
         if len(set(patterns)) == 1:  # the usual batch: one pattern, one quantile for every row
@@ -99,9 +102,22 @@ class Confidence:
         else:
             q = np.array(list(map(by_pattern.__getitem__, patterns)), dtype=np.float64)
         half = q if self.score == "absolute" else np.abs(preds) * q
-        lower = np.round(preds - half, 3)
-        upper = np.round(preds + half, 3)
-        return preds.tolist(), lower.tolist(), upper.tolist()
+        return preds, np.round(preds - half, 3), np.round(preds + half, 3)
+
+    def batch(
+        self,
+        raw: npt.NDArray[np.float32],
+        patterns: list[str],
+        level: float,
+        out_of_distribution: list[bool],
+        runs: list[WarningRun],
+    ) -> BatchAnswers:
+        """A batch's answers from the raw outputs, its rows' conformal patterns, flags and warnings."""
+        if self.task == "regression":
+            interval = self.regression_batch(raw, patterns, level)
+            return BatchAnswers(level, self.unit, out_of_distribution, runs, interval=interval)
+        classified = self.classification_batch(raw, patterns, level)
+        return BatchAnswers(level, self.unit, out_of_distribution, runs, classified=classified)
 
     def classification_batch(
         self, probabilities: npt.NDArray[np.float32], patterns: list[str], level: float
@@ -127,3 +143,100 @@ class Confidence:
                 }
             )
         return out
+
+
+@dataclass(slots=True)
+class BatchAnswers:
+    """A batch's answers as columns, in row order: what the JSON response, the Open Inference Protocol tensors and
+    the hooks read, without one object per row. ``dicts()`` builds the documented answer objects (one dict per
+    row, the single-instance answer's shape) on first use, for whoever needs them.
+
+    A regression batch holds ``interval`` (rounded predictions, lower and upper bounds); a classification batch
+    holds its answers as dicts from the start (``classified``, without warnings and out-of-distribution flag).
+    Warnings are the validator's runs (``features.batch.WarningRun``): appending every run's warnings to its
+    rows gives each row's warnings in the single-instance order.
+    """
+
+    level: float
+    unit: str
+    out_of_distribution: list[bool]
+    runs: list[WarningRun]
+    interval: tuple[FloatArray, FloatArray, FloatArray] | None = None
+    classified: list[dict[str, Any]] | None = None
+    _dicts: list[dict[str, Any]] | None = field(default=None, repr=False)
+
+    @property
+    def rows(self) -> int:
+        return len(self.out_of_distribution)
+
+    def predictions(self) -> list[Any]:
+        """Every row's prediction: a float (regression) or a class name."""
+        if self.interval is not None:
+            values: list[Any] = self.interval[0].tolist()
+            return values
+        return [answer["prediction"] for answer in self.classified or ()]
+
+    def warning_counts(self) -> Counter[tuple[str, str]]:
+        """(field, code) -> how many rows have that warning."""
+        counts: Counter[tuple[str, str]] = Counter()
+        for _, warnings in self.runs:
+            by_id = dict(zip(map(id, warnings), warnings, strict=True))  # the same few warning objects recur
+            for key, n in Counter(map(id, warnings)).items():
+                warning = by_id[key]
+                counts[warning.field, warning.code] += n
+        return counts
+
+    @property
+    def built(self) -> bool:
+        """Whether ``dicts()`` has been called (a hook read the answers row by row)."""
+        return self._dicts is not None
+
+    def dicts(self) -> list[dict[str, Any]]:
+        """One answer dict per row, as ``/predict`` documents it (built once; the same list on every call).
+        Rows with the same warnings share one warnings list and its dicts: treat them as read-only."""
+        if self._dicts is None:
+            self._dicts = self._build_dicts()
+        return self._dicts
+
+    def _build_dicts(self) -> list[dict[str, Any]]:
+        none: list[dict[str, str]] = []  # shared by the rows without warnings
+        ood = self.out_of_distribution
+        answers: list[dict[str, Any]]
+        if self.interval is not None:
+            level, unit = self.level, self.unit
+            prediction, lower, upper = self.interval
+            answers = [
+                {
+                    "prediction": p,
+                    "unit": unit,
+                    "interval": {"level": level, "lower": lo, "upper": up},
+                    "warnings": none,
+                    "out_of_distribution": o,
+                }
+                for p, lo, up, o in zip(prediction.tolist(), lower.tolist(), upper.tolist(), ood, strict=True)
+            ]
+        else:
+            answers = [
+                {**answer, "warnings": none, "out_of_distribution": o}
+                for answer, o in zip(self.classified or (), ood, strict=True)
+            ]
+        for i, warnings in row_warning_dicts(self.runs).items():
+            answers[i]["warnings"] = warnings
+        return answers
+
+
+def row_warning_dicts(runs: list[WarningRun]) -> dict[int, list[dict[str, str]]]:
+    """Row -> its warnings as dicts, for the rows that have some (one dict per warning object)."""
+    as_dicts: dict[int, dict[str, str]] = {}  # by id: the same warning objects recur across rows
+    out: dict[int, list[dict[str, str]]] = {}
+    for rows, warnings in runs:
+        for i, warning in zip(rows, warnings, strict=True):
+            as_dict = as_dicts.get(id(warning))
+            if as_dict is None:
+                as_dict = as_dicts[id(warning)] = warning.as_dict()
+            found = out.get(i)
+            if found is None:
+                out[i] = [as_dict]
+            else:
+                found.append(as_dict)
+    return out

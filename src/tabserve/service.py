@@ -8,6 +8,7 @@ tracing) is injected through ``ServiceHooks``: nothing here is global.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from tabserve.confidence import BatchAnswers
 from tabserve.errors import FieldError, PayloadTooLargeError, RequestValidationError
 from tabserve.features.fields import InputWarning
 from tabserve.features.validation import Batch, Instance
@@ -42,22 +44,62 @@ class Timings:
         ]
 
 
-@dataclass(slots=True)
 class Outcome:
     """What one predict call produced, for the hooks (log, metrics, drift).
 
-    Normalised inputs are kept as the validator produced them (one dict, or a batch's columns); per-row
-    dicts are built only by a hook that needs them (the prediction log), never for the response.
+    Normalised inputs are kept as the validator produced them (one ``instance``, or a ``batch``'s columns), and
+    a batch's answers as columns (``result``). Per-row objects are built only for a hook that reads them:
+    ``answers`` (one dict per row, as ``/predict`` documents them) and ``values()`` on first use, ``raw`` as
+    the rows arrived (for a batch sent as columns, a view that builds each row when read). ``rows``,
+    ``predictions()`` and ``warning_counts()`` answer from the columns.
     """
 
-    model: ServingModel
-    request_id: str
-    raw: Sequence[Any]
-    answers: list[dict[str, Any]]
-    timings: Timings
-    started: float
-    instance: Instance | None = None
-    batch: Batch | None = None
+    __slots__ = ("_answers", "batch", "instance", "model", "raw", "request_id", "result", "started", "timings")
+
+    def __init__(
+        self,
+        model: ServingModel,
+        request_id: str,
+        raw: Sequence[Any],
+        answers: list[dict[str, Any]] | None,
+        timings: Timings,
+        started: float,
+        instance: Instance | None = None,
+        batch: Batch | None = None,
+        result: BatchAnswers | None = None,
+    ) -> None:
+        self.model = model
+        self.request_id = request_id
+        self.raw = raw
+        self.timings = timings
+        self.started = started
+        self.instance = instance
+        self.batch = batch
+        self.result = result
+        self._answers = answers
+
+    @property
+    def answers(self) -> list[dict[str, Any]]:
+        """One answer dict per row (a batch's are built on first use; treat them as read-only)."""
+        if self._answers is None:
+            self._answers = self.result.dicts() if self.result is not None else []
+        return self._answers
+
+    @property
+    def rows(self) -> int:
+        return self.result.rows if self.result is not None else len(self.answers)
+
+    def predictions(self) -> list[Any]:
+        """Every row's prediction: a float (regression) or a class name."""
+        if self.result is not None:
+            return self.result.predictions()
+        return [answer["prediction"] for answer in self.answers]
+
+    def warning_counts(self) -> Counter[tuple[str, str]]:
+        """(field, code) -> how many rows have that warning."""
+        if self.result is not None:
+            return self.result.warning_counts()
+        return Counter((w["field"], w["code"]) for a in self.answers for w in a["warnings"])
 
     def values(self) -> list[dict[str, Any]]:
         if self.instance is not None:
@@ -67,6 +109,22 @@ class Outcome:
         columns = self.batch.columns
         names = list(columns)
         return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """A batch's answer before it is written out: the route renders ``answers`` from its columns."""
+
+    model: ServingModel
+    answers: BatchAnswers
+    request_id: str
+
+    def model_ref(self) -> dict[str, str]:
+        return {"name": self.model.name, "version": self.model.version}
+
+    def document(self) -> dict[str, Any]:
+        """The response document ``/predict`` answers a batch with (one dict per row)."""
+        return {"predictions": self.answers.dicts(), "model": self.model_ref(), "request_id": self.request_id}
 
 
 class ServiceHooks(Protocol):
@@ -103,10 +161,24 @@ class PredictionService:
         """One instance (a JSON object) or ``{"instances": [...]}``; returns the response document.
 
         ``info`` (optional) receives ``model``, ``rows`` and ``timings`` for the access log."""
+        result = self.answer(name, body, request_id=request_id, level=level, version=version, info=info)
+        return result.document() if isinstance(result, BatchResult) else result
+
+    def answer(
+        self,
+        name: str,
+        body: Any,
+        *,
+        request_id: str,
+        level: str | float | None = None,
+        version: str | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | BatchResult:
+        """``predict``, with a batch's answers left as columns (``BatchResult``) for the route to write out."""
         started = time.perf_counter()
         model, chosen = self._model(name, version, level, info)
         if type(body) is dict and "instances" in body:
-            return self._predict_many(model, body, chosen, request_id, started, info)
+            return self._predict_many(model, self._batch_items(body), chosen, request_id, started, info)
         instance, matrix, timings, encoded = self._encode_one(model, body)
         raw = model.runtime.run(matrix)
         timings.inference = time.perf_counter() - encoded
@@ -126,12 +198,29 @@ class PredictionService:
         """``predict`` for the event loop. With ``share`` (other requests are waiting), a single instance's ONNX
         call is shared with the other single instances ready in the same loop turn (``OnnxModel.run_row``,
         one loop turn later); alone, it runs at once. The answer is the same either way."""
+        result = await self.answer_async(
+            name, body, request_id=request_id, level=level, version=version, info=info, share=share
+        )
+        return result.document() if isinstance(result, BatchResult) else result
+
+    async def answer_async(
+        self,
+        name: str,
+        body: Any,
+        *,
+        request_id: str,
+        level: str | float | None = None,
+        version: str | None = None,
+        info: dict[str, Any] | None = None,
+        share: bool = True,
+    ) -> dict[str, Any] | BatchResult:
+        """``predict_async``, with a batch's answers left as columns (``BatchResult``)."""
         if not share:
-            return self.predict(name, body, request_id=request_id, level=level, version=version, info=info)
+            return self.answer(name, body, request_id=request_id, level=level, version=version, info=info)
         started = time.perf_counter()
         model, chosen = self._model(name, version, level, info)
         if type(body) is dict and "instances" in body:
-            return self._predict_many(model, body, chosen, request_id, started, info)
+            return self._predict_many(model, self._batch_items(body), chosen, request_id, started, info)
         instance, matrix, timings, _ = self._encode_one(model, body)
         raw, timings.inference = await model.runtime.run_row(matrix)
         return self._finish_one(model, body, instance, raw[0], chosen, request_id, started, timings, info)
@@ -159,19 +248,17 @@ class PredictionService:
     def _predict_many(
         self,
         model: ServingModel,
-        body: dict[str, Any],
+        objs: Sequence[Any],
         level: float,
         request_id: str,
         started: float,
         info: dict[str, Any] | None,
-    ) -> dict[str, Any]:
-        objs = self._batch_items(body)
+    ) -> BatchResult:
         answers, batch, timings = self._run_many(model, objs, level)
-        self.hooks.predicted(Outcome(model, request_id, objs, answers, timings, started, batch=batch))
+        self.hooks.predicted(Outcome(model, request_id, objs, None, timings, started, batch=batch, result=answers))
         if info is not None:
-            info.update(model=model.name, rows=len(answers), timings=timings)
-        model_ref = {"name": model.name, "version": model.version}
-        return {"predictions": answers, "model": model_ref, "request_id": request_id}
+            info.update(model=model.name, rows=answers.rows, timings=timings)
+        return BatchResult(model, answers, request_id)
 
     def _finish_one(
         self,
@@ -199,25 +286,19 @@ class PredictionService:
     def predict_instances(
         self,
         name: str,
-        objs: list[Any],
+        objs: Sequence[Any],
         *,
         request_id: str,
         level: str | float | None = None,
         version: str | None = None,
         info: dict[str, Any] | None = None,
-    ) -> tuple[ServingModel, list[dict[str, Any]]]:
-        """Batch entry for protocol adapters (Open Inference Protocol): instances in, per-instance answers out."""
+    ) -> BatchResult:
+        """Batch entry for protocol adapters (Open Inference Protocol): instances in (any sequence of rows, e.g.
+        ``features.batch.ColumnRows`` for columns), the answers as columns out."""
         started = time.perf_counter()
-        model = self.registry.get(name, version)
-        if info is not None:
-            info["model"] = model.name
-        chosen = model.confidence.resolve_level(level)
+        model, chosen = self._model(name, version, level, info)
         self._check_size(objs)
-        answers, batch, timings = self._run_many(model, objs, chosen)
-        self.hooks.predicted(Outcome(model, request_id, objs, answers, timings, started, batch=batch))
-        if info is not None:
-            info.update(rows=len(answers), timings=timings)
-        return model, answers
+        return self._predict_many(model, objs, chosen, request_id, started, info)
 
     def _batch_items(self, body: dict[str, Any]) -> list[Any]:
         extra = sorted(k for k in body if k != "instances")
@@ -241,9 +322,7 @@ class PredictionService:
         if len(objs) > self.max_batch:
             raise PayloadTooLargeError(f"batch of {len(objs)} instances is over the maximum of {self.max_batch}")
 
-    def _run_many(
-        self, model: ServingModel, objs: Sequence[Any], level: float
-    ) -> tuple[list[dict[str, Any]], Batch, Timings]:
+    def _run_many(self, model: ServingModel, objs: Sequence[Any], level: float) -> tuple[BatchAnswers, Batch, Timings]:
         wall = time.time_ns()
         t0 = time.perf_counter()
         batch: Batch = model.validator.many(objs)
@@ -252,41 +331,9 @@ class PredictionService:
         t2 = time.perf_counter()
         raw = model.runtime.run(matrix)
         t3 = time.perf_counter()
-        answers = self._answers(model, raw, batch, level)
+        answers = model.confidence.batch(raw, batch.patterns, level, batch.out_of_distribution, batch.runs)
         t4 = time.perf_counter()
         return answers, batch, Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3, wall)
-
-    @staticmethod
-    def _answers(model: ServingModel, raw: npt.NDArray[np.float32], batch: Batch, level: float) -> list[dict[str, Any]]:
-        """One answer per row; warnings (held as runs, for the rows that have some) are filled in afterwards."""
-        confidence = model.confidence
-        answers: list[dict[str, Any]]
-        if confidence.task == "regression":
-            preds, lower, upper = confidence.regression_batch(raw, batch.patterns, level)
-            unit = confidence.unit
-            answers = [
-                {
-                    "prediction": p,
-                    "unit": unit,
-                    "interval": {"level": level, "lower": lo, "upper": up},
-                    "warnings": [],
-                    "out_of_distribution": o,
-                }
-                for p, lo, up, o in zip(preds, lower, upper, batch.out_of_distribution, strict=True)
-            ]
-        else:
-            answers = confidence.classification_batch(raw, batch.patterns, level)
-            for answer, o in zip(answers, batch.out_of_distribution, strict=True):
-                answer["warnings"] = []
-                answer["out_of_distribution"] = o
-        as_dicts: dict[int, dict[str, str]] = {}  # by id: the same warning objects recur across rows
-        for rows, warnings in batch.runs:
-            for i, warning in zip(rows, warnings, strict=True):
-                as_dict = as_dicts.get(id(warning))
-                if as_dict is None:
-                    as_dict = as_dicts[id(warning)] = warning.as_dict()
-                answers[i]["warnings"].append(as_dict)
-        return answers
 
     @staticmethod
     def _answer(

@@ -3,25 +3,34 @@
 One named input tensor per feature (BYTES for categories and text, FP32/FP64/INT32/INT64 for numbers; an
 optional input may be left out), shape ``[n]`` or ``[n, 1]``. JSON tensors and the binary tensor extension
 (``Inference-Header-Content-Length``) are accepted; responses are JSON. Errors are ``{"error": "..."}``.
-The rows go through the same ``PredictionService`` as ``/predict``.
+The rows go through the same ``PredictionService`` as ``/predict``: the tensors are handed over as columns
+(``features.batch.ColumnRows``, no per-row object unless a row must be checked on its own) and the output
+tensors are written from the answer columns (numpy arrays, serialised by orjson). ``infer`` is served by the
+fast ASGI layer of ``api/routes_predict.py`` under ``tabserve serve`` (``infer_target``, ``infer_payload``); the
+FastAPI route below documents it and answers under any other setup, through the same ``infer_payload``.
 """
 
 from __future__ import annotations
 
 import struct
+import time
 from typing import Any
 
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from tabserve import __version__
 from tabserve.api.body import parse_json, read_body
 from tabserve.api.context import AppContext, ContextDep
+from tabserve.confidence import BatchAnswers
 from tabserve.errors import BadRequestError, RequestValidationError, TabserveError
+from tabserve.features.batch import ColumnRows
 from tabserve.manifest import ClassificationOutput, InputSpec, Manifest, NumericInput
 from tabserve.registry import ServingModel
+from tabserve.service import PredictionService
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
@@ -32,11 +41,16 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def oip_error(exc: TabserveError) -> Response:
+def error_json(exc: TabserveError) -> bytes:
+    """``{"error": "..."}``; a validation error lists every field's message."""
     detail = exc.detail
     if isinstance(exc, RequestValidationError):
         detail = "; ".join(f"{e.field}: {e.message}" for e in exc.errors)
-    return _json({"error": detail}, exc.status)
+    return orjson.dumps({"error": detail})
+
+
+def oip_error(exc: TabserveError) -> Response:
+    return Response(error_json(exc), status_code=exc.status, media_type="application/json")
 
 
 @router.get("", summary="Server metadata")
@@ -117,26 +131,72 @@ async def get_model_ready(name: str, ctx: ContextDep, version: str | None = None
 @router.post("/models/{name}/infer", summary="Inference")
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference on a version")
 async def infer(name: str, request: Request, ctx: ContextDep, version: str | None = None) -> Response:
-    state: dict[str, Any] = request.scope["state"]
+    headers = request.headers
+    status, payload = await infer_payload(
+        ctx.service,
+        name,
+        version,
+        request.receive,
+        headers.get("content-length"),
+        headers.get("inference-header-content-length"),
+        ctx.settings.max_body_bytes,
+        request.scope["state"],
+    )
+    return Response(payload, status_code=status, media_type="application/json")
+
+
+INFER = "/v2/models/{name}/infer"
+INFER_VERSION = "/v2/models/{name}/versions/{version}/infer"
+
+
+def infer_target(path: str) -> tuple[str, str | None, str] | None:
+    """(model name, version or None, route template) when ``path`` is an infer route, else None."""
+    if not (path.startswith("/v2/models/") and path.endswith("/infer")):
+        return None
+    parts = path[11:-6].split("/")
+    if len(parts) == 1 and parts[0]:
+        return parts[0], None, INFER
+    if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+        return parts[0], parts[2], INFER_VERSION
+    return None
+
+
+async def infer_payload(
+    service: PredictionService,
+    name: str,
+    version: str | None,
+    receive: Receive,
+    content_length: str | None,
+    header_length: str | None,
+    max_body_bytes: int,
+    state: dict[str, Any],
+) -> tuple[int, bytes]:
+    """One inference request, read from ``receive``: (status, JSON body), errors as ``{"error": ...}``."""
     try:
-        raw = await read_body(request.receive, request.headers.get("content-length"), ctx.settings.max_body_bytes)
-        header, blobs = _split_binary(raw, request.headers.get("inference-header-content-length"))
+        raw = await read_body(receive, content_length, max_body_bytes)
+        header, blobs = _split_binary(raw, header_length)
         document = parse_json(header)
         if type(document) is not dict:
             raise BadRequestError("the inference request must be a JSON object")
         instances = _instances(document, blobs)
         parameters = document.get("parameters") or {}
         level = parameters.get("level") if isinstance(parameters, dict) else None
-        model, answers = ctx.service.predict_instances(
-            name, instances, request_id=state["request_id"], level=level, version=version, info=state
+        result = service.predict_instances(
+            name, instances, request_id=state.get("request_id", ""), level=level, version=version, info=state
         )
-        outputs = _outputs(model, answers, document.get("outputs"))
+        outputs = _outputs(result.model, result.answers, document.get("outputs"))
     except TabserveError as exc:
-        return oip_error(exc)
+        return exc.status, error_json(exc)
+    started = time.perf_counter()
+    model = result.model
     body: dict[str, Any] = {"model_name": model.name, "model_version": model.version, "outputs": outputs}
     if "id" in document:
         body["id"] = document["id"]
-    return _json(body)
+    payload = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)  # the output tensors are numpy arrays
+    timings = state.get("timings")
+    if timings is not None:
+        timings.serialise += time.perf_counter() - started
+    return 200, payload
 
 
 def _split_binary(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -151,7 +211,8 @@ def _split_binary(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return raw[:n], raw[n:]
 
 
-def _instances(document: dict[str, Any], blobs: bytes) -> list[dict[str, Any]]:
+def _instances(document: dict[str, Any], blobs: bytes) -> ColumnRows:
+    """The input tensors as the batch's columns (one list of values per input)."""
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequestError("'inputs' must be a non-empty array of tensors")
@@ -168,8 +229,7 @@ def _instances(document: dict[str, Any], blobs: bytes) -> list[dict[str, Any]]:
         elif len(values) != rows:
             raise BadRequestError(f"input {name!r} has {len(values)} rows, others have {rows}")
         columns[name] = values
-    n = rows or 0
-    return [{name: col[i] for name, col in columns.items()} for i in range(n)]
+    return ColumnRows(columns, rows or 0)
 
 
 def _tensor_values(tensor: dict[str, Any], blobs: bytes, offset: int) -> tuple[list[Any], int]:
@@ -227,26 +287,25 @@ def _decode_binary(name: str, datatype: Any, chunk: bytes, count: int) -> list[A
     return values
 
 
-def _outputs(model: ServingModel, answers: list[dict[str, Any]], requested: Any) -> list[dict[str, Any]]:
-    n = len(answers)
-    if model.confidence.task == "classification":
+def _outputs(model: ServingModel, answers: BatchAnswers, requested: Any) -> list[dict[str, Any]]:
+    n = answers.rows
+    tensors: dict[str, tuple[str, list[int], Any]]
+    if answers.interval is None:
         classes = model.confidence.classes
+        rows = answers.dicts()
         tensors = {
-            "prediction": ("BYTES", [n], [a["prediction"] for a in answers]),
-            "probabilities": (
-                "FP64",
-                [n, len(classes)],
-                [a["probabilities"][c] for a in answers for c in classes],
-            ),
-            "prediction_set": ("BYTES", [n], [",".join(a["prediction_set"]) for a in answers]),
+            "prediction": ("BYTES", [n], [a["prediction"] for a in rows]),
+            "probabilities": ("FP64", [n, len(classes)], [a["probabilities"][c] for a in rows for c in classes]),
+            "prediction_set": ("BYTES", [n], [",".join(a["prediction_set"]) for a in rows]),
         }
     else:
+        prediction, lower, upper = answers.interval
         tensors = {
-            "prediction": ("FP64", [n], [a["prediction"] for a in answers]),
-            "lower": ("FP64", [n], [a["interval"]["lower"] for a in answers]),
-            "upper": ("FP64", [n], [a["interval"]["upper"] for a in answers]),
+            "prediction": ("FP64", [n], prediction),
+            "lower": ("FP64", [n], lower),
+            "upper": ("FP64", [n], upper),
         }
-    tensors["out_of_distribution"] = ("BOOL", [n], [a["out_of_distribution"] for a in answers])
+    tensors["out_of_distribution"] = ("BOOL", [n], answers.out_of_distribution)
     names = list(tensors)
     if isinstance(requested, list) and requested:
         wanted = [o.get("name") for o in requested if isinstance(o, dict)]
