@@ -80,7 +80,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="extra environment for every tabserve server (repeatable), e.g. TABSERVE_ACCESS_LOG=false",
     )
-    parser.add_argument("--profile", action="store_true", help="py-spy profile of tabserve at 16 connections")
+    parser.add_argument("--profile", action="store_true", help="py-spy profile of tabserve (under --profile-point)")
+    parser.add_argument(
+        "--profile-point",
+        default=C16.key,
+        choices=("c16", "c1", "batch", "batch_v2"),
+        help="the load the profile is taken under (c16: the single vehicle at 16 connections)",
+    )
     parser.add_argument("--list-sections", action="store_true", help="print the selected sections and exit")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="report folder")
     return parser.parse_args(argv)
@@ -186,13 +192,13 @@ def start(target: Target, raw: Path, label: str) -> Server:
     )
 
 
-def smoke(server: Server, target: Target, body: Path) -> dict[str, Any]:
+def smoke(server: Server, path: str, body: Path) -> dict[str, Any]:
     """One request before the load, so a wrong body format shows up as an error rather than 100 % non-2xx."""
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
-        conn.request("POST", target.predict_path, body=body.read_bytes(), headers={"Content-Type": "application/json"})
+        conn.request("POST", path, body=body.read_bytes(), headers={"Content-Type": "application/json"})
         response = conn.getresponse()
         text = response.read().decode("utf-8", "replace")
         return {"status": response.status, "body": text[:400]}
@@ -201,9 +207,16 @@ def smoke(server: Server, target: Target, body: Path) -> dict[str, Any]:
 
 
 def run_target(
-    target: Target, bodies: dict[str, Path], settings: LoadSettings, raw: Path, starts: int, py_spy: Path | None = None
+    target: Target,
+    bodies: dict[str, Path],
+    settings: LoadSettings,
+    raw: Path,
+    starts: int,
+    py_spy: Path | None = None,
+    profile_point: str = C16.key,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Cold starts, a smoke request, then every point; returns (server info, point summaries)."""
+    """Cold starts, a smoke request, then every point, then (with ``py_spy``) a profile under the load of
+    ``profile_point``; returns (server info, point summaries)."""
     info: dict[str, Any] = {"title": target.title, "notes": target.notes, "error": None}
     points: dict[str, Any] = {}
     cold: list[float] = []
@@ -220,11 +233,11 @@ def run_target(
         if server is None:
             raise ServerStartError("no server left running")
         for p in target.points:
-            info[f"smoke_{p.body}"] = check = smoke(server, target, bodies[p.body])
+            info[f"smoke_{p.body}"] = check = smoke(server, target.path(p), bodies[p.body])
             if check["status"] != 200:
                 points[p.key] = f"smoke request answered {check['status']}"
                 continue
-            url = f"http://127.0.0.1:{server.port}{target.predict_path}"
+            url = f"http://127.0.0.1:{server.port}{target.path(p)}"
             try:
                 result = run_point(f"{target.name}.{p.key}", url, p.body, bodies[p.body], p.connections, settings, raw)
                 points[p.key] = result.summary()
@@ -233,10 +246,12 @@ def run_target(
             print(f"  {target.name}.{p.key}: {point_line(points[p.key])}", flush=True)
         info["rss_mb"] = rss_mb(server.pid)
         if py_spy is not None:
-            url = f"http://127.0.0.1:{server.port}{target.predict_path}"
+            p = next((q for q in target.points if q.key == profile_point), C16)
+            url = f"http://127.0.0.1:{server.port}{target.path(p)}"
             info["profile"] = profile_under_load(
-                server.pid, url, bodies[C16.body], C16.connections, settings, raw, py_spy, f"{target.name}.profile"
+                server.pid, url, bodies[p.body], p.connections, settings, raw, py_spy, f"{target.name}.profile"
             )
+            info["profile"]["point"] = p.key
         info["exit_code"] = stop(server.proc)
         trim_log(server.log_path)
     except (ServerStartError, OSError) as exc:
@@ -317,7 +332,7 @@ def main(argv: list[str]) -> int:
             results["servers"][name] = {"title": target.title, "notes": target.notes, "error": missing}
             continue
         py_spy = PY_SPY if args.profile and target.kind == "tabserve" else None
-        info, points = run_target(target, bodies, settings, raw, args.cold_starts, py_spy)
+        info, points = run_target(target, bodies, settings, raw, args.cold_starts, py_spy, args.profile_point)
         results["servers"][name] = info
         results["points"][name] = points
     if "overload" in sections:

@@ -1,6 +1,8 @@
 """The servers under test and the points each is measured at (one place to see every command and setting).
 
-* ``tabserve``      ``tabserve serve`` as shipped (one worker), only the co2 model, prediction log OFF.
+* ``tabserve``      ``tabserve serve`` as shipped (one worker), only the co2 model, prediction log OFF; the batch in
+                    both forms: rows to ``/predict`` (``batch``) and MLServer's V2 columns to
+                    ``/v2/models/co2/infer`` (``batch_v2``).
 * ``tabserve-log``  the same with the prediction log ON (SQLite under a fresh data dir).
 * ``floor``         bench/peers/noop_app.py on uvicorn + uvloop + httptools, one worker, no access log.
 * ``typical``       bench/peers/typical_app.py (FastAPI + pydantic + sklearn pipeline on a one-row DataFrame)
@@ -31,16 +33,18 @@ BATCH_ROWS = 1000
 
 @dataclass(frozen=True)
 class Point:
-    """A load point: which body, how many connections."""
+    """A load point: which body, how many connections, and the route when it is not the target's predict route."""
 
     key: str
     body: str
     connections: int
+    path: str | None = None
 
 
 C16 = Point("c16", "single", SINGLE_CONNECTIONS)
 C1 = Point("c1", "single", 1)
 BATCH = Point("batch", "batch", BATCH_CONNECTIONS)
+BATCH_V2 = Point("batch_v2", "v2_batch", BATCH_CONNECTIONS, "/v2/models/co2/infer")  # the body MLServer gets
 V2_C16 = Point("c16", "v2_single", SINGLE_CONNECTIONS)
 V2_C1 = Point("c1", "v2_single", 1)
 V2_BATCH = Point("batch", "v2_batch", BATCH_CONNECTIONS)
@@ -60,6 +64,10 @@ class Target:
     env: dict[str, str] = field(default_factory=dict)
     prepare: Callable[[int], None] | None = None
     notes: str = ""
+
+    def path(self, point: Point) -> str:
+        """The route ``point`` is sent to."""
+        return point.path or self.predict_path
 
 
 def _tabserve_argv(port: int) -> list[str]:
@@ -129,7 +137,7 @@ def all_targets() -> dict[str, Target]:
             _tabserve_argv,
             "/ready",
             "/predict",
-            (C16, C1, BATCH),
+            (C16, C1, BATCH, BATCH_V2),
             env=tabserve_env("tabserve", prediction_log=False),
             prepare=fresh_data_dir("tabserve"),
             notes="tabserve serve --workers 1, TABSERVE_MODELS=co2, TABSERVE_PREDICTION_LOG=false, rest as shipped",
@@ -141,7 +149,7 @@ def all_targets() -> dict[str, Target]:
             _tabserve_argv,
             "/ready",
             "/predict",
-            (C16, BATCH),
+            (C16, BATCH, BATCH_V2),
             env=tabserve_env("tabserve-log", prediction_log=True),
             prepare=fresh_data_dir("tabserve-log"),
             notes="as above with TABSERVE_PREDICTION_LOG=true (SQLite under a fresh TABSERVE_DATA_DIR)",

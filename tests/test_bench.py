@@ -107,9 +107,12 @@ def test_counts_agree_false_when_hook_missed_responses() -> None:
     assert not parse_wrk_output(text).counts_agree
 
 
-def results_fixture(ts_rps: int = 12_000, log_rps: int = 11_500) -> dict[str, Any]:
-    def pt(n: int, p99: int = 2000) -> dict[str, Any]:
-        return summary({"200": n * 10}, p99=p99)
+def results_fixture(ts_rps: int = 12_000, log_rps: int = 11_500, v2_batch_rps: int = 700) -> dict[str, Any]:
+    def pt(n: int, p99: int = 2000, body: str | None = None) -> dict[str, Any]:
+        out = summary({"200": n * 10}, p99=p99)
+        if body is not None:
+            out["body"] = body
+        return out
 
     c1 = summary({"200": 30_000})
     c1["latency_ms"]["50"] = 0.3
@@ -123,11 +126,16 @@ def results_fixture(ts_rps: int = 12_000, log_rps: int = 11_500) -> dict[str, An
             "mlserver": {"title": "mlserver", "cold_start_median_s": 4.0, "rss_mb": {"tree": 400.0}},
         },
         "points": {
-            "tabserve": {"c16": pt(ts_rps), "c1": c1, "batch": pt(600)},
+            "tabserve": {
+                "c16": pt(ts_rps, body="single"),
+                "c1": c1,
+                "batch": pt(600, body="batch"),
+                "batch_v2": pt(v2_batch_rps, body="v2_batch"),
+            },
             "tabserve-log": {"c16": pt(log_rps)},
             "floor": {"c16": pt(30_000)},
-            "typical": {"c16": pt(200, p99=200_000)},
-            "mlserver": {"c16": pt(300, p99=150_000), "batch": pt(50)},
+            "typical": {"c16": pt(200, p99=200_000, body="single")},
+            "mlserver": {"c16": pt(300, p99=150_000, body="v2_single"), "batch": pt(50, body="v2_batch")},
         },
     }
 
@@ -144,7 +152,8 @@ def test_compute_checks_pass_when_every_target_met() -> None:
         "p99 at 16 conns (tabserve)",
         "p50 at 1 conn",
         "log on vs off (req/s)",
-        "batch of 1,000 rows",
+        "batch of 1,000 rows (/predict rows)",
+        "batch of 1,000 rows (V2 columns)",
         "cold start (exec → /ready 200)",
         "RSS after load",
         "non-2xx / timeouts / socket errors",
@@ -166,7 +175,33 @@ def test_compute_checks_na_when_tabserve_missing() -> None:
     del results["points"]["tabserve"]
     checks = by_name(report.compute_checks(results))
     assert checks["req/s vs best peer"].status == "n/a"
-    assert checks["batch of 1,000 rows"].status == "n/a"
+    assert checks["batch of 1,000 rows (/predict rows)"].status == "n/a"
+    assert checks["batch of 1,000 rows (V2 columns)"].status == "n/a"
+
+
+def test_compute_checks_report_each_batch_form_on_its_own_row() -> None:
+    checks = by_name(report.compute_checks(results_fixture(v2_batch_rps=300)))
+    rows, v2 = checks["batch of 1,000 rows (/predict rows)"], checks["batch of 1,000 rows (V2 columns)"]
+    assert (rows.status, rows.measured) == ("pass", "600,000 rows/s")
+    assert (v2.status, v2.measured) == ("fail", "300,000 rows/s")  # the slower form is not hidden
+
+
+def test_peer_batch_is_compared_with_tabserve_point_of_the_same_body() -> None:
+    rows = report.main_table(results_fixture(v2_batch_rps=700))
+    mlserver = {r[1]: r for r in rows if r[0] == "mlserver"}
+    assert mlserver["batch"][-1] == "14.0×"  # tabserve batch_v2 (700) / mlserver's V2 batch (50), not 600 / 50
+    assert mlserver["c16"][-1] == "40.0×"  # no V2 single point: tabserve's own form of the same vehicle
+
+
+def test_tabserve_targets_send_the_v2_batch_to_the_infer_route() -> None:
+    targets = all_targets()
+    for name in ("tabserve", "tabserve-log"):
+        target = targets[name]
+        points = {p.key: p for p in target.points}
+        assert target.path(points["batch"]) == "/predict"
+        assert (points["batch_v2"].body, target.path(points["batch_v2"])) == ("v2_batch", "/v2/models/co2/infer")
+    mlserver = {p.key: p for p in targets["mlserver"].points}
+    assert mlserver["batch"].body == "v2_batch"  # the same body as tabserve's batch_v2
 
 
 def test_statuses_check_fails_on_any_non_2xx_in_a_normal_point() -> None:
@@ -258,9 +293,10 @@ def test_classify_splits_outcomes_at_the_signal() -> None:
 def test_markdown_report_lists_every_point_and_check(tmp_path: Path) -> None:
     json_path, md_path = report.write_report(results_fixture(), tmp_path)
     text = md_path.read_text(encoding="utf-8")
-    assert text.count("| tabserve | ") == 3
+    assert text.count("| tabserve | ") == 4
     assert "| req/s vs best peer | ≥ 20× | 40.0× (mlserver) | pass |" in text
-    assert "Batch rows/s: tabserve 600,000" in text
+    assert "Batch rows/s: rows to /predict: tabserve 600,000; V2 columns: tabserve 700,000, mlserver 50,000" in text
+    assert "| batch of 1,000 rows (V2 columns) | ≥ 500,000 rows/s | 700,000 rows/s | pass |" in text
     data = json.loads(json_path.read_text(encoding="utf-8"))
     assert {c["name"] for c in data["checks"]} >= {"p50 at 1 conn", "RSS after load"}
 
