@@ -9,12 +9,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 
 from conftest import MODELS
 from tabserve.api.routes_predict import predictions_json
+from tabserve.confidence import BatchAnswers
+from tabserve.observability.drift import DriftMonitor
+from tabserve.observability.metrics import ServiceMetrics
+from tabserve.observe import PredictionObserver
 from tabserve.registry import ModelRegistry
 from tabserve.service import BatchResult, Outcome, PredictionService
 
@@ -119,6 +124,14 @@ def test_json_flags_unknown_fields_without_out_of_distribution(tmp_path: Path) -
     ]
 
 
+def test_json_keeps_a_flag_that_came_without_a_warning() -> None:
+    """The validator flags a row only with a warning, but the writer must not rely on it."""
+    column = np.array([1.5, 2.25, 3.0])
+    answers = BatchAnswers(0.9, "g/km", [False, True, False], [], interval=(column, column - 1, column + 1))
+    assert predictions_json(answers) == orjson.dumps(answers.dicts())
+    assert [a["out_of_distribution"] for a in orjson.loads(predictions_json(answers))] == [False, True, False]
+
+
 def test_json_of_a_classification_batch_is_its_dicts(registry: ModelRegistry) -> None:
     penguin = example(registry, "penguins")
     result = answer(service(registry), "penguins", [penguin, {**penguin, "island": "Atlantis"}])
@@ -147,6 +160,36 @@ def test_hooks_reading_columns_build_no_answer_dicts(registry: ModelRegistry) ->
     assert outcome.rows == len(answers) == 300
     assert outcome.predictions() == [a["prediction"] for a in answers]
     assert outcome.warning_counts() == Counter((w["field"], w["code"]) for a in answers for w in a["warnings"])
+
+
+def test_the_services_observer_without_a_log_builds_no_answer_dicts(registry: ModelRegistry) -> None:
+    """Metrics and drift read a batch's columns; only the prediction log needs the per-row dicts."""
+    metrics = ServiceMetrics()
+    drift = DriftMonitor()
+    drift.register("co2", registry.get("co2").manifest)
+    hook = Capture()
+    svc = PredictionService(registry, max_batch=10_000, hooks=Fanout(PredictionObserver(metrics, drift, None), hook))
+    rows = co2_rows(registry, 300, 4)
+    answer(svc, "co2", rows)
+    outcome = hook.outcomes[-1]
+    assert outcome.result is not None and not outcome.result.built
+    text = metrics.render()[0].decode()
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[:1] != "#"}
+    assert samples['tabserve_predicted_rows_total{model="co2"}'] == 300
+    assert samples['tabserve_prediction_g_per_km_count{model="co2"}'] == 300
+    warned = outcome.warning_counts()
+    assert sum(warned.values()) > 0
+    for (feature, code), n in warned.items():
+        assert samples[f'tabserve_input_warnings_total{{code="{code}",feature="{feature}",model="co2"}}'] == n
+
+
+class Fanout:
+    def __init__(self, *hooks: Any) -> None:
+        self.hooks = hooks
+
+    def predicted(self, outcome: Outcome) -> None:
+        for hook in self.hooks:
+            hook.predicted(outcome)
 
 
 def test_single_instance_outcome_answers_the_same_reads(registry: ModelRegistry) -> None:

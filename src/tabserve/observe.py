@@ -39,17 +39,17 @@ class PredictionObserver:
         name = model.name
         set_model(name, model.version)
         metrics = self.metrics
-        metrics.rows(name, len(outcome.answers))
-        answers = outcome.answers
+        metrics.rows(name, outcome.rows)
         if model.confidence.task == "regression":
-            metrics.regression_values(name, [a["prediction"] for a in answers])
+            metrics.regression_values(name, outcome.predictions())  # a batch's from its columns: no answer dicts
         else:
+            answers = outcome.answers
             metrics.class_predictions(
                 name,
                 Counter(a["prediction"] for a in answers),
                 [a["probabilities"][a["prediction"]] for a in answers],
             )
-        warned = Counter((w["field"], w["code"]) for a in answers if a["warnings"] for w in a["warnings"])
+        warned = outcome.warning_counts()
         if warned:
             metrics.warnings(name, warned)
         if self.drift is not None:
@@ -58,7 +58,7 @@ class PredictionObserver:
             elif outcome.instance is not None:
                 self.drift.add(name, outcome.instance.values)
         if self.log is not None:
-            if outcome.instance is not None and len(answers) == 1:
+            if outcome.instance is not None:
                 self.log.submit_row(log_row(outcome))
             else:
                 self.log.submit_rows(log_rows(outcome))

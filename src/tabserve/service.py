@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -95,11 +95,12 @@ class Outcome:
             return self.result.predictions()
         return [answer["prediction"] for answer in self.answers]
 
-    def warning_counts(self) -> Counter[tuple[str, str]]:
-        """(field, code) -> how many rows have that warning."""
+    def warning_counts(self) -> Mapping[tuple[str, str], int]:
+        """(field, code) -> how many rows have that warning (empty, and cheap, when none has any)."""
         if self.result is not None:
             return self.result.warning_counts()
-        return Counter((w["field"], w["code"]) for a in self.answers for w in a["warnings"])
+        found = [(w["field"], w["code"]) for a in self.answers for w in a["warnings"]]
+        return Counter(found) if found else {}
 
     def values(self) -> list[dict[str, Any]]:
         if self.instance is not None:

@@ -185,6 +185,7 @@ def predictions_json(answers: BatchAnswers) -> bytes:
 
 
 _PLAIN_TAIL = b'},"warnings":[],"out_of_distribution":false}'
+_FLAGGED_TAIL = b'},"warnings":[],"out_of_distribution":true}'
 
 
 def _tail(warnings: list[dict[str, str]], ood: bool) -> bytes:
@@ -197,10 +198,12 @@ def _tails(ood: list[bool], runs: list[WarningRun], n: int) -> list[bytes]:
     Run by run with C-level passes for the rows whose warnings come from one run (nearly all: one input's
     warnings); the few rows with warnings from several runs are then rewritten row by row."""
     tails = [_PLAIN_TAIL] * n
+    flags = np.asarray(ood, dtype=bool)
+    for i in np.flatnonzero(flags).tolist():  # flagged rows come with a warning (rewritten below), but be exact
+        tails[i] = _FLAGGED_TAIL
     runs = [run for run in runs if run[0]]
     if not runs:
         return tails
-    flags = np.asarray(ood, dtype=bool)
     if len(runs) == 1 and len(set(runs[0][0])) == len(runs[0][0]):
         several: list[int] = []
     else:
