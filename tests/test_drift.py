@@ -180,6 +180,30 @@ def test_add_columns_matches_rows_added_one_by_one() -> None:
     assert one.report("m") == batch.report("m")
 
 
+def test_window_mixing_batches_and_single_instances_keeps_the_latest_rows_in_order() -> None:
+    rows = [{"x": float(i % 7) / 2, "c": "AB"[i % 3 == 0]} for i in range(95)]
+    one, mixed = DriftMonitor(window=20, min_rows=1), DriftMonitor(window=20, min_rows=1)
+    one.register("m", HAND_MADE)
+    mixed.register("m", HAND_MADE)
+    for row in rows:
+        one.add("m", row)
+    start = 0
+    for size in (1, 13, 1, 1, 30, 2, 1, 7, 1, 25, 1, 1, 11):  # batches that straddle the window's edge, and singles
+        chunk = rows[start : start + size]
+        if size == 1:
+            mixed.add("m", chunk[0])
+        else:
+            mixed.add_columns("m", {"x": [r["x"] for r in chunk], "c": [r["c"] for r in chunk]}, size)
+        start += size
+    assert start == len(rows)
+    assert one.report("m") == mixed.report("m")
+    assert mixed.report("m")["n"] == 20 and mixed.report("m")["n_seen"] == 95
+    window = mixed._models["m"]
+    oldest = window.segments[0]
+    oldest_size = 1 if isinstance(oldest, tuple) else oldest.n
+    assert window.held - oldest_size < 20 <= window.held  # only a batch straddling the edge is kept beyond it
+
+
 def test_report_insufficient_below_min_rows_and_missing_counted() -> None:
     monitor = DriftMonitor(window=100, min_rows=10)
     monitor.register("m", HAND_MADE)

@@ -1,7 +1,7 @@
 """Input drift: recent normalised inputs against the manifest's ``reference_histograms`` (PSI per feature).
 
-``DriftMonitor`` keeps, per model, a bounded window (``deque(maxlen=window)``) of the features' values of
-recent instances: adding one instance is one tuple and one append (O(1), no statistics on the hot path).
+``DriftMonitor`` keeps, per model, a bounded window of the features' values of recent instances: adding one
+instance is one tuple and one append, a batch one slice per feature (no statistics on the hot path).
 ``report(model)`` computes everything lazily, on request; that dict is what ``GET /models/{name}/drift``
 returns. ``drift_from_inputs`` computes the same report from a list of input dicts (the prediction log,
 for ``tabserve drift``); ``drift_report.write_drift_report`` renders it as JSON + a self-contained HTML page.
@@ -223,11 +223,61 @@ def drift_from_inputs(
 
 
 @dataclass(slots=True)
+class _Columns:
+    """A batch's rows as it arrived: one list per reference feature (the row tuples are built only by a report)."""
+
+    columns: list[Sequence[Any]]
+    n: int
+
+
 class _Window:
-    reference: DriftReference
-    version: str
-    rows: deque[tuple[Any, ...]]
-    seen: int = 0
+    """The most recent ``limit`` instances of one model, oldest first: single instances as row tuples, batches as
+    columns (a 1,000-row batch costs a slice per feature instead of 1,000 tuples built and 1,000 evicted)."""
+
+    __slots__ = ("held", "limit", "reference", "seen", "segments", "version")
+
+    def __init__(self, reference: DriftReference, version: str, limit: int) -> None:
+        self.reference = reference
+        self.version = version
+        self.limit = limit
+        self.segments: deque[tuple[Any, ...] | _Columns] = deque()
+        self.held = 0
+        self.seen = 0
+
+    def add_row(self, row: tuple[Any, ...]) -> None:
+        self.segments.append(row)
+        self.held += 1
+        self.seen += 1
+        if self.held > self.limit:
+            self._trim()
+
+    def add_columns(self, columns: list[Sequence[Any]], n: int) -> None:
+        self.segments.append(_Columns(columns, n))
+        self.held += n
+        self.seen += n
+        if self.held > self.limit:
+            self._trim()
+
+    def _trim(self) -> None:
+        """Drop the oldest segments that lie wholly outside the window (a batch straddling its edge stays)."""
+        segments = self.segments
+        while segments:
+            first = segments[0]
+            size = first.n if type(first) is _Columns else 1
+            if self.held - size < self.limit:
+                return
+            segments.popleft()
+            self.held -= size
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        """The window's rows, oldest first (at most ``limit``)."""
+        out: list[tuple[Any, ...]] = []
+        for segment in tuple(self.segments):  # a snapshot: the window keeps moving
+            if isinstance(segment, _Columns):
+                out.extend(zip(*segment.columns, strict=True))
+            else:
+                out.append(segment)
+        return out[-self.limit :]
 
 
 class DriftMonitor:
@@ -245,7 +295,7 @@ class DriftMonitor:
         """Start (or restart, on reload) the window of ``model`` against this reference."""
         if isinstance(source, Manifest) and not version:
             version = source.version
-        self._models[model] = _Window(DriftReference(source), version, deque(maxlen=self.window))
+        self._models[model] = _Window(DriftReference(source), version, self.window)
 
     def unregister(self, model: str) -> None:
         self._models.pop(model, None)
@@ -257,8 +307,7 @@ class DriftMonitor:
         """Hot path: remember one normalised instance (O(1); unknown model: ignored)."""
         state = self._models.get(model)
         if state is not None:
-            state.rows.append(tuple(map(instance.get, state.reference.names)))
-            state.seen += 1
+            state.add_row(tuple(map(instance.get, state.reference.names)))
 
     def add_columns(self, model: str, columns: Mapping[str, Sequence[Any]], n: int) -> None:
         """A batch in column form (``columns[input]`` = one value per row); keeps only the last rows."""
@@ -267,14 +316,15 @@ class DriftMonitor:
             return
         start = max(0, n - self.window)
         nones = [None] * (n - start)
-        cols = [columns[name][start:n] if name in columns else nones for name in state.reference.names]
-        state.rows.extend(zip(*cols, strict=True))
-        state.seen += n
+        state.add_columns(
+            [columns[name][start:n] if name in columns else nones for name in state.reference.names], n - start
+        )
+        state.seen += start  # rows of a batch longer than the window were seen, not kept
 
     def report(self, model: str, *, detail: bool = True) -> dict[str, Any]:
         """Drift of ``model``'s window; raises KeyError for a model that is not registered."""
         state = self._models[model]
-        rows = tuple(state.rows)  # a snapshot: the window keeps moving
+        rows = state.rows()
         out = _report(model, state.reference, rows, self.window, state.seen, self.min_rows, detail)
         out["model_version"] = state.version
         if self._observer is not None:
