@@ -14,6 +14,7 @@ from typing import Any
 
 import httptools
 import httpx
+import orjson
 import pytest
 from uvicorn.config import Config
 from uvicorn.importer import import_from_string
@@ -301,8 +302,10 @@ def test_backstop_in_the_app_is_looser_for_requests_the_gate_accepted() -> None:
 def test_serve_uses_the_shedding_protocol_unless_turned_off() -> None:
     protocol = import_from_string(SHEDDING_PROTOCOL)
     assert protocol is SheddingProtocol and issubclass(protocol, HttpToolsProtocol)
-    # the hook it overrides is uvicorn-internal: an upgrade that renames it must fail here, not in production
-    assert "_start_asgi_task" in HttpToolsProtocol.__dict__
+    # the hooks it overrides are uvicorn-internal: an upgrade that renames them must fail here, not in production
+    for hook in ("_start_asgi_task", "on_message_begin", "on_response_complete", "_unset_keepalive_if_required"):
+        assert hook in HttpToolsProtocol.__dict__
+    assert "timeout_keep_alive_handler" in HttpToolsProtocol.__dict__
     assert Settings().shed_at_parse is True
 
 
@@ -366,3 +369,105 @@ def test_a_refused_request_that_expected_100_continue_closes_the_connection(harn
     assert status == 503
     assert headers.get("connection") == "close"
     assert harness.transport.closed
+
+
+def test_a_refusal_at_parse_time_builds_no_scope_or_cycle(harness: Harness) -> None:
+    """The decision comes before uvicorn's scope, cycle and Event: the connection keeps no trace of the request."""
+    harness.admission.outstanding = 1
+    harness.feed(request() + request())  # two refused in one read: the second is not taken for a pipelined one
+    assert harness.protocol.cycle is None and harness.protocol.scope is None
+    assert [status for status, _, _ in responses(bytes(harness.transport.data))] == [503, 503]
+    assert harness.admission.take_shed() == 2
+    harness.admission.outstanding = 0
+    harness.feed(request())
+    harness.run()
+    assert [status for status, _, _ in responses(bytes(harness.transport.data))] == [503, 503, 200]
+    assert harness.protocol.scope is not None and harness.protocol.scope["method"] == "POST"
+
+
+def test_the_503_template_is_byte_for_byte_the_document(harness: Harness) -> None:
+    """The spliced template equals orjson.dumps of the problem document, escaping included."""
+    from tabserve.api.problems import problem_document
+
+    harness.admission.outstanding = 1
+    rid = 'quote"and\\backslash'
+    harness.feed(request(extra=f"x-request-id: {rid}\r\n".encode()))
+    [(status, headers, body)] = responses(bytes(harness.transport.data))
+    assert status == 503 and headers["x-request-id"] == rid
+    exc = OverloadedError("1 requests already in flight on this worker; retry shortly")
+    document = problem_document(exc.status, exc.title, exc.detail, exc.slug)
+    document["request_id"] = rid
+    assert body == orjson.dumps(document)
+    assert int(headers["content-length"]) == len(body)
+
+
+def test_a_refused_http_1_0_request_closes_the_connection(harness: Harness) -> None:
+    harness.admission.outstanding = 1
+    harness.feed(request().replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+    [(status, headers, _)] = responses(bytes(harness.transport.data))
+    assert status == 503 and headers["connection"] == "close" and harness.transport.closed
+
+
+@pytest.mark.parametrize("target", ["/health?verbose=1", "/%68ealth", "/ready"])
+def test_probes_are_recognised_as_uvicorn_reads_the_path(harness: Harness, target: str) -> None:
+    harness.admission.outstanding = 1
+    harness.feed(request(target, method="GET", body=b""))
+    harness.run()
+    [(status, _, _)] = responses(bytes(harness.transport.data))
+    if target != "/ready":  # /ready answers by readiness
+        assert status == 200
+    assert harness.admission.take_shed() == 0  # never refused by the gate
+
+
+def test_a_pipelined_request_is_still_gated_when_uvicorn_starts_it(harness: Harness) -> None:
+    """Behind a request being answered, a request is decided when it starts (through its cycle)."""
+    harness.feed(request() + request(extra=b"x-request-id: second\r\n"))
+    assert harness.admission.outstanding == 1  # the first holds the only slot; the second waits in the pipeline
+    harness.admission.outstanding += 1  # another request takes a slot meanwhile
+    for _ in range(3):
+        harness.run()
+    answers = responses(bytes(harness.transport.data))
+    assert [status for status, _, _ in answers] == [200, 503]
+    assert answers[1][1]["x-request-id"] == "second"
+    assert not harness.transport.closed
+
+
+def test_idle_connections_are_closed_after_the_keep_alive_timeout(harness: Harness) -> None:
+    """One timer per connection instead of one per response: it closes a connection idle for the whole
+    timeout, waits out the rest of it for one that was busy meanwhile, and leaves a busy one alone."""
+    clock = [100.0]
+    harness.loop.time = lambda: clock[0]  # type: ignore[method-assign]
+    protocol = harness.protocol
+    timeout = protocol.timeout_keep_alive
+    harness.admission.outstanding = 1
+    harness.feed(request())  # refused: the connection is idle from now
+    timer = protocol.timeout_keep_alive_task
+    assert timer is not None
+    clock[0] += timeout / 2
+    harness.feed(request())  # a second refusal: the same timer, the idle time counted from this answer
+    assert protocol.timeout_keep_alive_task is timer
+    clock[0] += timeout / 2
+    timer.cancel()
+    protocol.timeout_keep_alive_handler()  # fires: idle for half the timeout only
+    assert not harness.transport.closed
+    assert protocol.timeout_keep_alive_task is not None and protocol.timeout_keep_alive_task is not timer
+    protocol.timeout_keep_alive_task.cancel()
+    protocol.data_received(request()[:30])  # a request arrives, partly: busy
+    clock[0] += 10 * timeout
+    protocol.timeout_keep_alive_handler()
+    assert not harness.transport.closed and protocol.timeout_keep_alive_task is None  # busy: not re-armed
+    protocol.data_received(request()[30:])  # refused: idle again, a new timer
+    assert protocol.timeout_keep_alive_task is not None
+    protocol.timeout_keep_alive_task.cancel()
+    clock[0] += timeout
+    protocol.timeout_keep_alive_handler()
+    assert harness.transport.closed
+
+
+def test_a_lost_connection_stops_its_keep_alive_timer(harness: Harness) -> None:
+    harness.admission.outstanding = 1
+    harness.feed(request())
+    timer = harness.protocol.timeout_keep_alive_task
+    assert timer is not None
+    harness.protocol.connection_lost(None)
+    assert harness.protocol.timeout_keep_alive_task is None and timer.cancelled()

@@ -119,16 +119,25 @@ class Admission:
         queued behind each other are not shed while single predictions keep their tight bound."""
         return self.max_queue_s * (1 + body_bytes // BATCH_ALLOWANCE_BYTES)
 
-    def gate(self, scope: MutableMapping[str, Any], body_bytes: int = 0) -> str | None:
-        """At parse time (no handler runs meanwhile): None if the request is accepted, which marks its ``scope``
-        (``GATED``) and holds a slot until ``release``; otherwise why it is refused."""
+    def verdict(self, body_bytes: int = 0) -> str | None:
+        """What ``gate`` would decide now, without taking a slot: None (accepted) or why it is refused. The
+        protocol asks this before it builds anything for a request (a refusal then costs no scope, cycle or
+        task); only refused requests pay for the formatted reason."""
         ahead = self.outstanding
         if self.limit and ahead >= self.limit:
             return f"{self.limit} requests already in flight on this worker; retry shortly"
         if self.max_queue_s and ahead > 0:
             projected = ahead * self.service_s
-            if projected > self.queue_bound(body_bytes):
+            if projected > self.max_queue_s * (1 + body_bytes // BATCH_ALLOWANCE_BYTES):  # queue_bound, inlined
                 return f"{ahead} requests ahead (~{projected * 1000:.0f} ms of work); retry shortly"
+        return None
+
+    def gate(self, scope: MutableMapping[str, Any], body_bytes: int = 0) -> str | None:
+        """At parse time (no handler runs meanwhile): None if the request is accepted, which marks its ``scope``
+        (``GATED``) and holds a slot until ``release``; otherwise why it is refused (``verdict``)."""
+        refused = self.verdict(body_bytes)
+        if refused is not None:
+            return refused
         self.outstanding += 1
         scope[GATED] = True
         scope[GATED_AT] = time.perf_counter()
