@@ -245,10 +245,15 @@ class _Window:
         self.seen = 0
 
     def add_row(self, row: tuple[Any, ...]) -> None:
-        self.segments.append(row)
-        self.held += 1
+        segments = self.segments
+        segments.append(row)
         self.seen += 1
-        if self.held > self.limit:
+        if self.held < self.limit:
+            self.held += 1
+        elif type(segments[0]) is tuple:  # the usual steady state: one row in, the oldest row out
+            segments.popleft()
+        else:
+            self.held += 1
             self._trim()
 
     def add_columns(self, columns: list[Sequence[Any]], n: int) -> None:
