@@ -303,9 +303,10 @@ def test_serve_uses_the_shedding_protocol_unless_turned_off() -> None:
     protocol = import_from_string(SHEDDING_PROTOCOL)
     assert protocol is SheddingProtocol and issubclass(protocol, HttpToolsProtocol)
     # the hooks it overrides are uvicorn-internal: an upgrade that renames them must fail here, not in production
-    for hook in ("_start_asgi_task", "on_message_begin", "on_response_complete", "_unset_keepalive_if_required"):
-        assert hook in HttpToolsProtocol.__dict__
-    assert "timeout_keep_alive_handler" in HttpToolsProtocol.__dict__
+    hooks = ["on_message_begin", "on_headers_complete", "on_body", "on_message_complete", "_start_asgi_task"]
+    hooks += ["on_response_complete", "_unset_keepalive_if_required", "timeout_keep_alive_handler", "connection_lost"]
+    for hook in hooks:
+        assert hook in HttpToolsProtocol.__dict__, hook
     assert Settings().shed_at_parse is True
 
 
