@@ -234,3 +234,32 @@ def test_nothing_dropped_when_smaps_unreadable(tmp_path: Path) -> None:
 @pytest.mark.skipif(not GLIBC, reason="malloc_trim is glibc's")
 def test_heap_trimmed_on_glibc() -> None:
     assert trim_heap() is True
+
+
+_MMAP_CHILD = """
+import ctypes, sys
+from tabserve.memory import fix_mmap_threshold
+FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+fixed = fix_mmap_threshold(128 * 1024) if sys.argv[1] == "fix" else False
+big = bytearray(4_000_000)  # freed: glibc's moving threshold rises to its size
+del big
+buffers = [bytearray(300_000) for _ in range(20)]
+print(int(fixed), libc.mallinfo2().hblks)
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt and mallinfo2 are glibc's")
+def test_fixed_mmap_threshold_keeps_large_buffers_in_their_own_mappings() -> None:
+    """Without the fix, a freed 4 MB block raises glibc's threshold and the 300 kB buffers land in the heap (whose
+    holes stay resident); with it, each gets a mapping that goes back to the system when freed."""
+    counts = {}
+    for mode in ("fix", "default"):
+        done = subprocess.run([sys.executable, "-c", _MMAP_CHILD, mode], capture_output=True, text=True, check=True)
+        fixed, mapped = map(int, done.stdout.split())
+        counts[mode] = (fixed, mapped)
+    assert counts["fix"][0] == 1 and counts["fix"][1] >= 20, counts
+    assert counts["default"][0] == 0 and counts["default"][1] < 20, counts

@@ -175,7 +175,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     gc.freeze()
     # What start-up freed (the models' conversion sessions) goes back to the system, and the library pages only
     # start-up ran leave the resident set (they come back from the page cache if touched): about 25 MB per worker.
-    trimmed, dropped_kb = release_startup_memory(drop_file_pages=ctx.settings.release_startup_memory)
+    trimmed, dropped_kb = release_startup_memory(
+        drop_file_pages=ctx.settings.release_startup_memory,
+        mmap_threshold=ctx.settings.malloc_mmap_threshold_kb * 1024,
+    )
     log_fields(
         ctx.logger,
         20,
