@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import os
 import random
 import subprocess
 import sys
@@ -257,9 +258,16 @@ def test_fixed_mmap_threshold_keeps_large_buffers_in_their_own_mappings() -> Non
     """Without the fix, a freed 4 MB block raises glibc's threshold and the 300 kB buffers land in the heap (whose
     holes stay resident); with it, each gets a mapping that goes back to the system when freed."""
     counts = {}
-    for mode in ("fix", "default"):
-        done = subprocess.run([sys.executable, "-c", _MMAP_CHILD, mode], capture_output=True, text=True, check=True)
+    for mode in ("fix", "default", "env"):
+        env = dict(os.environ)
+        env.pop("MALLOC_MMAP_THRESHOLD_", None)
+        if mode == "env":  # how `tabserve serve` passes it to the workers it spawns
+            env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
+        done = subprocess.run(
+            [sys.executable, "-c", _MMAP_CHILD, mode], capture_output=True, text=True, check=True, env=env
+        )
         fixed, mapped = map(int, done.stdout.split())
         counts[mode] = (fixed, mapped)
     assert counts["fix"][0] == 1 and counts["fix"][1] >= 20, counts
     assert counts["default"][0] == 0 and counts["default"][1] < 20, counts
+    assert counts["env"][1] >= 20, counts

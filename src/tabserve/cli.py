@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from tabserve.config import Settings
 from tabserve.errors import TabserveError
+from tabserve.memory import fix_mmap_threshold
 
 if TYPE_CHECKING:
     from tabserve.store.base import PredictionStore
@@ -98,6 +99,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"tabserve serve: {problem}", file=sys.stderr)
         return 1
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.malloc_mmap_threshold_kb:
+        # Before the models load (memory.py: fixed from the start, the heap stays compact): here, and through
+        # glibc's own variables in spawned workers (which repeat it once ready, as an embedded app does).
+        size = settings.malloc_mmap_threshold_kb * 1024
+        fix_mmap_threshold(size)
+        os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(size))
+        os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(2 * size))
     if settings.workers > 1:
         # prometheus_client picks its multiprocess mode at import: set it up before anything imports it
         metrics_dir = (settings.data_dir / "prometheus").resolve()

@@ -90,9 +90,9 @@ class Settings(BaseSettings):
     mappings nothing modified (they come back from the page cache when touched): about 25 MB less per worker.
     False: only the heap trim."""
     malloc_mmap_threshold_kb: int = Field(default=128, ge=0, le=32_768)
-    """Once ready, C allocations of at least this many KiB get their own mapping, returned to the system when freed
-    (glibc ``M_MMAP_THRESHOLD``; setting it stops glibc raising it after large frees, which let batch requests grow
-    a worker's heap by ~15-35 MB). 0: glibc's own, moving threshold."""
+    """C allocations of at least this many KiB get their own mapping, returned to the system when freed (glibc
+    ``M_MMAP_THRESHOLD``, set by ``tabserve serve`` before the models load; fixing it stops glibc raising it after
+    large frees, which let batch requests grow a worker's heap by 15-35 MB). 0: glibc's own, moving threshold."""
     rate_limit: float = Field(default=0.0, ge=0.0)
     """Requests per second per API key (``X-API-Key``) or client address; 429 beyond. 0 = off."""
     rate_limit_burst: int = Field(default=20, ge=1)

@@ -13,7 +13,9 @@ And for what follows: glibc serves allocations of at least ``M_MMAP_THRESHOLD`` 
 returned to the system when freed, but raises that threshold to the size of any such block freed (up to 32 MB).
 After a few batch requests (request bodies of hundreds of kB, their columns and matrices), every later buffer of
 that size comes from the heap, whose free holes stay resident: a worker grew from 86 to 122 MB over the bench's
-batch points. Setting the threshold (``mallopt``) fixes it and stops the raising: 105-108 MB, flat.
+batch points. Fixing the threshold (``mallopt``, which stops the raising) before the models load keeps the heap
+compact: 108-110 MB, flat (set once ready only: 116-118 MB, start-up's large blocks already sat in the heap).
+``tabserve serve`` does it first thing, and passes glibc's variables to the workers it spawns.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MADV_DONTNEED = 4
-M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 _HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) \S+ \S+ \S+\s*(.*)$")
 _NOT_CLEAN = ("Anonymous", "Private_Dirty", "Shared_Dirty", "Swap")
 
@@ -126,7 +128,9 @@ def fix_mmap_threshold(size: int) -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, size))
+    # The moving threshold also moved the trim threshold (to twice its value): start-up's large frees had left
+    # it at megabytes, so the free top of the heap was never given back. Both as glibc starts them.
+    return bool(mallopt(M_MMAP_THRESHOLD, size)) and bool(mallopt(M_TRIM_THRESHOLD, 2 * size))
 
 
 def release_startup_memory(*, drop_file_pages: bool = True, mmap_threshold: int = 0) -> tuple[bool, int]:
