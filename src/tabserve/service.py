@@ -8,7 +8,6 @@ tracing) is injected through ``ServiceHooks``: nothing here is global.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -99,8 +98,12 @@ class Outcome:
         """(field, code) -> how many rows have that warning (empty, and cheap, when none has any)."""
         if self.result is not None:
             return self.result.warning_counts()
-        found = [(w["field"], w["code"]) for a in self.answers for w in a["warnings"]]
-        return Counter(found) if found else {}
+        counts: dict[tuple[str, str], int] = {}  # a plain dict: a Counter costs more than the few warnings here
+        for answer in self.answers:
+            for warning in answer["warnings"]:
+                key = (warning["field"], warning["code"])
+                counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def values(self) -> list[dict[str, Any]]:
         if self.instance is not None:
