@@ -35,6 +35,20 @@ def test_request_counts_by_route_model_status_and_observes_latency() -> None:
     assert s[("tabserve_request_duration_seconds_count", (("model", "co2"), ("route", "/predict")))] == 3
 
 
+def test_in_flight_gauge_is_exact_at_every_scrape() -> None:
+    metrics = ServiceMetrics()
+    key = ("tabserve_in_flight_requests", ())
+    metrics.in_flight_inc()
+    metrics.in_flight_inc()
+    assert _samples(metrics)[key] == 2
+    metrics.in_flight_dec()
+    assert _samples(metrics)[key] == 1
+    metrics.in_flight_dec()
+    metrics.in_flight_inc()
+    metrics.in_flight_dec()
+    assert _samples(metrics)[key] == 0
+
+
 def test_registries_are_independent_between_instances() -> None:
     first, second = ServiceMetrics(), ServiceMetrics()
     first.rows("co2", 5)

@@ -235,6 +235,8 @@ class ServiceMetrics:
         )  # fmt: skip
         # Bound children: label tuple -> child. Filled on first use, reused afterwards.
         self._buffer = ObservationBuffer()
+        # +1 / -1 per request, applied with the rest (the sum is exact at every scrape of this worker)
+        self._in_flight_pending = self._buffer.counter(self._in_flight)
         self._request_children: dict[tuple[str, str, int], tuple[PendingCounter, PendingHistogram]] = {}
         self._stage_children: dict[tuple[str, str], PendingHistogram] = {}
         self._model_children: dict[
@@ -287,10 +289,11 @@ class ServiceMetrics:
         children[1].values.append(n)
 
     def in_flight_inc(self) -> None:
-        self._in_flight.inc()
+        self._in_flight_pending.n += 1
+        self._buffer.recorded()  # a worker busy with long requests still publishes within the flush interval
 
     def in_flight_dec(self) -> None:
-        self._in_flight.dec()
+        self._in_flight_pending.n -= 1
 
     @contextmanager
     def in_flight(self) -> Iterator[None]:
