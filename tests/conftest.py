@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,6 +24,24 @@ from tabserve.config import Settings
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
 TABSERVE = Path(sys.executable).with_name("tabserve")
+
+
+def varied_co2_instances(example: dict[str, Any], n: int, seed: int = 5) -> list[dict[str, Any]]:
+    """co2 instances from the example with the fuel figures dropped in every combination (the co2 graph routes
+    rows by them), engine sizes and model years varied."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        row = dict(example)
+        for name in ("fuel_consumption_city_l_per_100km", "fuel_consumption_hwy_l_per_100km"):
+            if rng.random() < 0.4:
+                row.pop(name, None)
+        if rng.random() < 0.5:
+            row.pop("fuel_consumption_comb_l_per_100km", None)
+        row["engine_size_l"] = round(rng.uniform(1.0, 6.0), 1)
+        row["model_year"] = rng.randint(1995, 2020)
+        out.append(row)
+    return out
 
 
 def data_dir() -> Path:

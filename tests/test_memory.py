@@ -6,7 +6,6 @@ import ctypes
 import gc
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -17,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from conftest import MODELS
+from conftest import MODELS, varied_co2_instances
 from tabserve.artifacts import VerifiedModel, verify_model_dir
 from tabserve.errors import ArtifactError
 from tabserve.memory import Mapping, drop_clean_file_pages, parse_smaps, trim_heap
@@ -32,18 +31,8 @@ PENGUINS = MODELS / "penguins" / "1.0.0"
 def _co2_matrix(n: int) -> np.ndarray[Any, np.dtype[np.float32]]:
     """Encoded co2 rows with the fuel figures dropped in every combination (both branches of the graph's If)."""
     model = load_serving_model(CO2, strict_fields=True, warmup=False)
-    rng = random.Random(11)
-    rows = []
-    for _ in range(n):
-        row = dict(model.manifest.example_request)
-        for name in ("fuel_consumption_city_l_per_100km", "fuel_consumption_hwy_l_per_100km"):
-            if rng.random() < 0.4:
-                row.pop(name, None)
-        if rng.random() < 0.5:
-            row.pop("fuel_consumption_comb_l_per_100km", None)
-        row["engine_size_l"] = round(rng.uniform(1.0, 6.0), 1)
-        row["model_year"] = rng.randint(1995, 2020)
-        rows.append(model.runtime.encoder.encode_row(model.validator.one(row).values))
+    instances = varied_co2_instances(model.manifest.example_request, n, seed=11)
+    rows = [model.runtime.encoder.encode_row(model.validator.one(row).values) for row in instances]
     return np.vstack(rows)
 
 

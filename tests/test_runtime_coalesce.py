@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from pathlib import Path
 from typing import Any
 
@@ -11,34 +10,17 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from conftest import MODELS
+from conftest import MODELS, varied_co2_instances
 from tabserve.registry import ModelRegistry, load_serving_model
 from tabserve.runtime import FloatMatrix, RowCoalescer
 from tabserve.service import PredictionService
-
-
-def varied_instances(example: dict[str, Any], n: int) -> list[dict[str, Any]]:
-    """The example with fuel figures dropped in every combination (the co2 graph routes rows by them)."""
-    rng = random.Random(5)
-    out = []
-    for _ in range(n):
-        row = dict(example)
-        for name in ("fuel_consumption_city_l_per_100km", "fuel_consumption_hwy_l_per_100km"):
-            if rng.random() < 0.4:
-                row.pop(name, None)
-        if rng.random() < 0.5:
-            row.pop("fuel_consumption_comb_l_per_100km", None)
-        row["engine_size_l"] = round(rng.uniform(1.0, 6.0), 1)
-        row["model_year"] = rng.randint(1995, 2020)
-        out.append(row)
-    return out
 
 
 def test_rows_of_one_turn_run_as_one_matrix_with_their_own_outputs() -> None:
     model = load_serving_model(MODELS / "co2" / "1.0.0", strict_fields=True, warmup=False)
     rows = [
         model.runtime.encoder.encode_row(model.validator.one(r).values)
-        for r in varied_instances(model.manifest.example_request, 40)
+        for r in varied_co2_instances(model.manifest.example_request, 40)
     ]
     calls: list[int] = []
 
@@ -84,12 +66,12 @@ def test_concurrent_predictions_equal_one_at_a_time(name: str, share: bool, tmp_
     registry.load_all()
     service = PredictionService(registry, max_batch=100)
     example = registry.get(name).manifest.example_request
-    bodies = varied_instances(example, 30) if name == "co2" else [dict(example)] * 5
+    bodies = varied_co2_instances(example, 30) if name == "co2" else [dict(example)] * 5
     expected = [service.predict(name, body, request_id=f"r{i}") for i, body in enumerate(bodies)]
 
-    async def main() -> list[dict[str, Any]]:
+    async def main() -> list[Any]:
         return await asyncio.gather(
-            *(service.predict_async(name, body, request_id=f"r{i}", share=share) for i, body in enumerate(bodies))
+            *(service.answer_async(name, body, request_id=f"r{i}", share=share) for i, body in enumerate(bodies))
         )
 
     assert asyncio.run(main()) == expected

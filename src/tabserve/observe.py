@@ -78,14 +78,7 @@ def log_rows(outcome: Outcome) -> list[LogRow]:
         return [log_row(outcome)]
     now = time.time()
     latency_ms = (time.perf_counter() - outcome.started) * 1000.0
-    if instance is not None:
-        inputs = [instance.values]
-    elif outcome.batch is not None:
-        columns = outcome.batch.columns
-        names = list(columns)
-        inputs = [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
-    else:
-        inputs = [{}] * len(outcome.answers)
+    inputs = outcome.values() or [{}] * outcome.rows
     try:
         return _rows(outcome, inputs, now, latency_ms, orjson.dumps)  # no options: the fastest call
     except orjson.JSONEncodeError:  # a value plain JSON refuses (non-string key, huge integer): the careful way

@@ -188,25 +188,6 @@ class PredictionService:
         timings.inference = time.perf_counter() - encoded
         return self._finish_one(model, body, instance, raw[0], chosen, request_id, started, timings, info)
 
-    async def predict_async(
-        self,
-        name: str,
-        body: Any,
-        *,
-        request_id: str,
-        level: str | float | None = None,
-        version: str | None = None,
-        info: dict[str, Any] | None = None,
-        share: bool = True,
-    ) -> dict[str, Any]:
-        """``predict`` for the event loop. With ``share`` (other requests are waiting), a single instance's ONNX
-        call is shared with the other single instances ready in the same loop turn (``OnnxModel.run_row``,
-        one loop turn later); alone, it runs at once. The answer is the same either way."""
-        result = await self.answer_async(
-            name, body, request_id=request_id, level=level, version=version, info=info, share=share
-        )
-        return result.document() if isinstance(result, BatchResult) else result
-
     async def answer_async(
         self,
         name: str,
@@ -218,7 +199,9 @@ class PredictionService:
         info: dict[str, Any] | None = None,
         share: bool = True,
     ) -> dict[str, Any] | BatchResult:
-        """``predict_async``, with a batch's answers left as columns (``BatchResult``)."""
+        """``answer`` for the event loop. With ``share`` (other requests are waiting), a single instance's ONNX
+        call is shared with the other single instances ready in the same loop turn (``OnnxModel.run_row``,
+        one loop turn later); alone, it runs at once. The answer is the same either way."""
         if not share:
             return self.answer(name, body, request_id=request_id, level=level, version=version, info=info)
         started = time.perf_counter()

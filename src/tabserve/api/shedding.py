@@ -37,7 +37,7 @@ import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from tabserve.api.middleware import _ACTIVE, EXEMPT_PATHS, MAX_REQUEST_ID, active_admission
+from tabserve.api.middleware import EXEMPT_PATHS, MAX_REQUEST_ID, active_admission
 from tabserve.api.problems import PROBLEM_JSON, problem_document
 from tabserve.errors import OverloadedError
 from tabserve.observability.logging import new_request_id
@@ -169,7 +169,7 @@ class SheddingProtocol(HttpToolsProtocol):
         """Refuse here, before uvicorn builds the cycle, when the worker would refuse the request; otherwise (or
         if the connection is still answering an earlier request, or the request asks for an upgrade) uvicorn's
         own handling, and the gate then takes the slot in ``_start_asgi_task``."""
-        admission = _ACTIVE[-1] if _ACTIVE else None
+        admission = active_admission()
         cycle = self.cycle
         if admission is None or (cycle is not None and not cycle.response_complete) or self.parser.should_upgrade():
             self._scope()
@@ -266,7 +266,7 @@ class SheddingProtocol(HttpToolsProtocol):
         waits for the rest of that time."""
         scope, self._running = self._running, None
         if scope is not None:
-            admission = _ACTIVE[-1] if _ACTIVE else None
+            admission = active_admission()
             if admission is not None:
                 admission.release(scope)
         self.server_state.total_requests += 1
