@@ -43,11 +43,21 @@ def service() -> tuple[PredictionService, _Capture]:
 def _records_as_before(outcome: Outcome) -> list[PredictionRecord]:
     """What the observer built before rows existed: one PredictionRecord per row (the reference content)."""
     records = []
-    for index, (raw, values, answer) in enumerate(zip(outcome.raw, outcome.values(), outcome.answers, strict=True)):
-        if "interval" in answer:
-            output: dict[str, Any] = {"interval": answer["interval"]}
+    if outcome.instance is not None:
+        patterns = [outcome.instance.pattern]
+    else:
+        patterns = outcome.batch.patterns if outcome.batch is not None else []
+    rows = zip(outcome.raw, outcome.values(), outcome.answers, patterns, strict=True)
+    for index, (raw, values, answer, pattern) in enumerate(rows):
+        if "interval" in answer:  # the served interval/set, its level and the row's conformal pattern (coverage)
+            output: dict[str, Any] = {"interval": answer["interval"], "pattern": pattern}
         else:
-            output = {"probabilities": answer["probabilities"], "prediction_set": answer["prediction_set"]}
+            output = {
+                "probabilities": answer["probabilities"],
+                "prediction_set": answer["prediction_set"],
+                "level": answer["level"],
+                "pattern": pattern,
+            }
         records.append(
             PredictionRecord(outcome.request_id, index, 0.0, outcome.model.name, outcome.model.version, raw, values,
                              answer["prediction"], output, answer["warnings"], answer["out_of_distribution"], 0.0)

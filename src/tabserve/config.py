@@ -103,6 +103,22 @@ class Settings(BaseSettings):
     """Seconds SIGTERM allows to finish in-flight requests and flush the prediction log."""
     drift_window: int = Field(default=1000, ge=10)
     """Recent instances per model compared with the training reference for drift."""
+    coverage_window: int = Field(default=2000, ge=10)
+    """Coverage monitoring: the newest answers with feedback counted per model, version, level and input pattern."""
+    coverage_max_age_s: float = Field(default=604_800.0, gt=0)
+    """Coverage monitoring: only feedback received within this many seconds counts (default 7 days)."""
+    coverage_refresh_s: float = Field(default=15.0, ge=0)
+    """Coverage monitoring: how long a computed coverage report (and its gauges) is reused before the prediction
+    log is read again; also how often adaptive levels pick up other workers' feedback."""
+    coverage_tolerance: float = Field(default=0.03, gt=0, lt=0.5)
+    """Coverage band: a cell alerts when its whole Wilson interval (z = 2.576) is outside level ± this."""
+    coverage_min_samples: int = Field(default=200, ge=1)
+    """Coverage band: fewer samples in a cell than this never alert (status ``too_few``)."""
+    coverage_adaptive: bool = False
+    """Adaptive conformal inference: serve each model version, level and pattern at an effective level moved by
+    observed misses (``docs/coverage.md``). The answer keeps the requested level and adds ``effective_level``."""
+    coverage_adaptive_gamma: float = Field(default=0.005, gt=0, lt=1)
+    """Adaptive conformal inference step: the effective miscoverage moves by gamma x (alpha - miss) per feedback."""
     retention_days: float = Field(default=90.0, gt=0)
     """``tabserve prune`` deletes prediction log rows older than this."""
     prometheus_multiproc_dir: Path | None = Field(

@@ -104,14 +104,15 @@ def _rows(
     regression = model.confidence.task == "regression"
     rows: list[LogRow] = []
     append = rows.append
-    for index, (raw, values, answer) in enumerate(zip(outcome.raw, inputs, outcome.answers, strict=True)):
+    patterns = outcome.batch.patterns if outcome.batch is not None else [""] * len(outcome.answers)
+    for index, (raw, values, answer, pattern) in enumerate(
+        zip(outcome.raw, inputs, outcome.answers, patterns, strict=True)
+    ):
         prediction = answer["prediction"]
-        if regression:  # the same text as dumps({"interval": ...}) without building the dict
-            output = '{"interval":' + dumps(answer["interval"]).decode() + "}"
+        if regression:  # the same text as dumps({"interval": ..., "pattern": ...}) without building the dict
+            output = '{"interval":' + dumps(answer["interval"]).decode() + ',"pattern":"' + pattern + '"}'
         else:
-            output = dumps(
-                {"probabilities": answer["probabilities"], "prediction_set": answer["prediction_set"]}
-            ).decode()
+            output = dumps(_served_set(answer, pattern)).decode()
         warnings = answer["warnings"]
         label = type(prediction) is str
         append((
@@ -130,10 +131,11 @@ def _one(
     model = outcome.model
     answer = outcome.answers[0]
     prediction = answer["prediction"]
-    if model.confidence.task == "regression":
-        output = '{"interval":' + dumps(answer["interval"]).decode() + "}"
+    pattern = outcome.instance.pattern if outcome.instance is not None else ""
+    if model.confidence.task == "regression":  # the pattern is a 0/1 string: nothing to escape
+        output = '{"interval":' + dumps(answer["interval"]).decode() + ',"pattern":"' + pattern + '"}'
     else:
-        output = dumps({"probabilities": answer["probabilities"], "prediction_set": answer["prediction_set"]}).decode()
+        output = dumps(_served_set(answer, pattern)).decode()
     warnings = answer["warnings"]
     label = type(prediction) is str
     return (
@@ -142,6 +144,20 @@ def _one(
         output, dumps(warnings).decode() if warnings else EMPTY_LIST_JSON,
         1 if answer["out_of_distribution"] else 0, latency_ms,
     )  # fmt: skip
+
+
+def _served_set(answer: dict[str, Any], pattern: str) -> dict[str, Any]:
+    """A classification row's logged output: what the coverage monitor judges feedback against."""
+    served = {
+        "probabilities": answer["probabilities"],
+        "prediction_set": answer["prediction_set"],
+        "level": answer["level"],
+        "pattern": pattern,
+    }
+    effective = answer.get("effective_level")
+    if effective is not None:
+        served["effective_level"] = effective
+    return served
 
 
 def _dumps_careful(value: Any) -> bytes:

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from tabserve.confidence import BatchAnswers
+from tabserve.adaptive import AdaptiveLevels
+from tabserve.confidence import BatchAnswers, Confidence
 from tabserve.errors import FieldError, PayloadTooLargeError, RequestValidationError
 from tabserve.features.fields import InputWarning
 from tabserve.features.validation import Batch, Instance
@@ -142,6 +143,16 @@ class _NoHooks:
         return None
 
 
+def _mark_effective(
+    answers: list[dict[str, Any]], patterns: list[str], level: float, effective: Mapping[tuple[float, str], float]
+) -> None:
+    """Add ``effective_level`` (rounded to 6 places) beside each answer's ``level``: the interval's, or the
+    prediction set's."""
+    for answer, pattern in zip(answers, patterns, strict=True):
+        target = answer.get("interval", answer)
+        target["effective_level"] = round(effective.get((level, pattern), level), 6)
+
+
 def _warning_dicts(warnings: list[InputWarning]) -> list[dict[str, str]]:
     return [w.as_dict() for w in warnings]
 
@@ -151,6 +162,8 @@ class PredictionService:
         self.registry = registry
         self.max_batch = max_batch
         self.hooks: ServiceHooks = hooks or _NoHooks()
+        self.adaptive: AdaptiveLevels | None = None
+        """Adaptive conformal levels (``TABSERVE_COVERAGE_ADAPTIVE``); None: the manifest's tables as they are."""
 
     def predict(
         self,
@@ -242,6 +255,8 @@ class PredictionService:
         info: dict[str, Any] | None,
     ) -> BatchResult:
         answers, batch, timings = self._run_many(model, objs, level)
+        if self.adaptive is not None:
+            _mark_effective(answers.dicts(), batch.patterns, level, self.adaptive.confidence(model)[1])
         self.hooks.predicted(Outcome(model, request_id, objs, None, timings, started, batch=batch, result=answers))
         if info is not None:
             info.update(model=model.name, rows=answers.rows, timings=timings)
@@ -261,7 +276,11 @@ class PredictionService:
     ) -> dict[str, Any]:
         """The answer of a single instance, its hooks and access-log info."""
         t3 = time.perf_counter()
-        answer = self._answer(model, output, instance.pattern, level, instance.warnings, instance.out_of_distribution)
+        if self.adaptive is None:
+            ood = instance.out_of_distribution
+            answer = self._answer(model, output, instance.pattern, level, instance.warnings, ood)
+        else:
+            answer = self._adaptive_answer(self.adaptive, model, output, instance, level)
         timings.serialise = time.perf_counter() - t3
         if info is not None:
             info.update(model=model.name, rows=1, timings=timings)
@@ -318,9 +337,26 @@ class PredictionService:
         t2 = time.perf_counter()
         raw = model.runtime.run(matrix)
         t3 = time.perf_counter()
-        answers = model.confidence.batch(raw, batch.patterns, level, batch.out_of_distribution, batch.runs)
+        confidence = model.confidence if self.adaptive is None else self.adaptive.confidence(model)[0]
+        answers = confidence.batch(raw, batch.patterns, level, batch.out_of_distribution, batch.runs)
         t4 = time.perf_counter()
         return answers, batch, Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3, wall)
+
+    def _adaptive_answer(
+        self,
+        adaptive: AdaptiveLevels,
+        model: ServingModel,
+        output: npt.NDArray[np.float32] | np.float32,
+        instance: Instance,
+        level: float,
+    ) -> dict[str, Any]:
+        """``_answer`` with the adaptive tables, marked with the effective level it used."""
+        confidence, effective = adaptive.confidence(model)
+        answer = self._answer(
+            model, output, instance.pattern, level, instance.warnings, instance.out_of_distribution, confidence
+        )
+        _mark_effective([answer], [instance.pattern], level, effective)
+        return answer
 
     @staticmethod
     def _answer(
@@ -330,8 +366,9 @@ class PredictionService:
         level: float,
         warnings: list[InputWarning],
         ood: bool,
+        confidence: Confidence | None = None,
     ) -> dict[str, Any]:
-        confidence = model.confidence
+        confidence = model.confidence if confidence is None else confidence
         if confidence.task == "regression":
             prediction = round(float(output), 3)
             return {

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tabserve import __version__
+from tabserve.adaptive import AdaptiveLevels
 from tabserve.api import problems
 from tabserve.api.context import AppContext
 from tabserve.api.middleware import Admission, RateLimiter, RequestEnvelope
@@ -30,6 +31,7 @@ from tabserve.api.routes_predict import PredictFastPath
 from tabserve.config import Settings
 from tabserve.errors import TabserveError
 from tabserve.memory import release_startup_memory
+from tabserve.observability.coverage import CoverageGauges, CoverageMonitor, CoverageRule
 from tabserve.observability.drift import DriftMonitor
 from tabserve.observability.logging import AccessLog, configure_logging, log_fields
 from tabserve.observability.metrics import ServiceMetrics
@@ -90,6 +92,9 @@ def create_app(
     admission = Admission(settings.max_in_flight, settings.max_queue_ms / 1000.0, _count_refusal(metrics))
     access_log = AccessLog(logger, settings.access_log)
     ctx = AppContext(settings, registry, service, metrics, drift, tracing, logger, admission, access_log, log)
+    if log is not None:
+        ctx.coverage = _coverage_monitor(settings, log, metrics)
+        service.adaptive = ctx.coverage.adaptive
     holder.append(ctx)
 
     app = FastAPI(
@@ -120,6 +125,23 @@ def create_app(
         limiter=RateLimiter(settings.rate_limit, settings.rate_limit_burst) if settings.rate_limit else None,
     )
     return ServiceApp(app, envelope)
+
+
+def _coverage_monitor(settings: Settings, log: PredictionLog, metrics: ServiceMetrics) -> CoverageMonitor:
+    """The coverage monitor over the prediction log, with adaptive levels when the setting asks for them."""
+    store = log.backend
+    adaptive = None
+    if settings.coverage_adaptive:
+        adaptive = AdaptiveLevels(settings.coverage_adaptive_gamma, store.adaptive_counts)
+    return CoverageMonitor(
+        store.labelled_window,
+        window=settings.coverage_window,
+        max_age_s=settings.coverage_max_age_s,
+        refresh_s=settings.coverage_refresh_s,
+        rule=CoverageRule(tolerance=settings.coverage_tolerance, min_samples=settings.coverage_min_samples),
+        gauges=CoverageGauges(metrics.registry),
+        adaptive=adaptive,
+    )
 
 
 def _count_refusal(metrics: ServiceMetrics) -> Callable[[float], None]:
@@ -208,6 +230,7 @@ async def _reload_all(ctx: AppContext) -> None:
 
 DRIFT_EXPORT_INTERVAL_S = 30.0
 SHED_REPORT_INTERVAL_S = 10.0
+COVERAGE_MIN_INTERVAL_S = 1.0
 
 
 async def _flush_access_log(ctx: AppContext) -> None:
@@ -217,6 +240,7 @@ async def _flush_access_log(ctx: AppContext) -> None:
     loop = asyncio.get_running_loop()
     next_drift = loop.time() + DRIFT_EXPORT_INTERVAL_S
     next_shed_report = loop.time() + SHED_REPORT_INTERVAL_S
+    next_coverage = loop.time()
     while True:
         await asyncio.sleep(ctx.access_log.flush_interval_s)
         ctx.access_log.flush()
@@ -232,6 +256,20 @@ async def _flush_access_log(ctx: AppContext) -> None:
                     ctx.drift.report(name, detail=False)
                 except Exception:  # never let monitoring stop the flusher
                     ctx.logger.exception("drift export failed for %s", name)
+        if ctx.coverage is not None and loop.time() >= next_coverage:
+            next_coverage = loop.time() + max(ctx.settings.coverage_refresh_s, COVERAGE_MIN_INTERVAL_S)
+            await _refresh_coverage(ctx, ctx.coverage)
+
+
+async def _refresh_coverage(ctx: AppContext, coverage: CoverageMonitor) -> None:
+    """Every model's coverage report (gauges, adaptive levels) from the shared log, off the event loop."""
+    for name, state in ctx.registry.states().items():
+        if state.serving is None:
+            continue
+        try:
+            await asyncio.to_thread(coverage.report, name, state.serving.manifest.conformal.pattern_names)
+        except Exception:  # never let monitoring stop the flusher (a store outage is logged by the log writer)
+            ctx.logger.warning("coverage refresh failed for %s", name, exc_info=True)
 
 
 async def _close(ctx: AppContext) -> None:

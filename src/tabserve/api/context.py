@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from tabserve.api.middleware import Admission
 from tabserve.config import Settings
+from tabserve.observability.coverage import CoverageMonitor
 from tabserve.observability.drift import DriftMonitor
 from tabserve.observability.logging import AccessLog
 from tabserve.observability.metrics import ServiceMetrics
@@ -32,6 +33,8 @@ class AppContext:
     access_log: AccessLog
     log: PredictionLog | None = None
     started: bool = False
+    coverage: CoverageMonitor | None = None
+    """Realised coverage from feedback (None when the prediction log is off)."""
 
 
 async def _context(request: Request) -> AppContext:  # async: FastAPI would run a sync one in a thread

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import suppress
 
 import orjson
 from fastapi import APIRouter
@@ -12,7 +13,7 @@ from starlette.responses import Response
 from tabserve.api.context import ContextDep
 from tabserve.api.metadata import model_summary, version_document
 from tabserve.artifacts import list_versions, model_dir, verify_model_dir
-from tabserve.errors import ModelNotFoundError, ServiceUnavailableError
+from tabserve.errors import ModelNotFoundError, ServiceUnavailableError, StoreError
 
 router = APIRouter(tags=["models"])
 
@@ -49,8 +50,24 @@ async def get_model_version(name: str, version: str, ctx: ContextDep) -> Respons
 
 @router.get("/models/{name}/drift", summary="Drift of recent inputs against the training reference")
 async def get_drift(name: str, ctx: ContextDep) -> Response:
-    ctx.registry.get(name)
+    model = ctx.registry.get(name)
     report = ctx.drift.report(name)
+    if ctx.coverage is not None:
+        try:
+            coverage = await asyncio.to_thread(ctx.coverage.report, name, model.manifest.conformal.pattern_names)
+        except StoreError as exc:  # drift does not need the store: report it without the coverage section
+            report = {**report, "coverage": {"error": str(exc)}}
+        else:
+            report = {**report, "coverage": coverage}
+    return Response(orjson.dumps(report), media_type="application/json")
+
+
+@router.get("/models/{name}/coverage", summary="Realised coverage of served intervals / prediction sets, from feedback")
+async def get_coverage(name: str, ctx: ContextDep) -> Response:
+    model = ctx.registry.get(name)
+    if ctx.coverage is None:
+        raise ServiceUnavailableError("coverage needs the prediction log (TABSERVE_PREDICTION_LOG=false)")
+    report = await asyncio.to_thread(ctx.coverage.report, name, model.manifest.conformal.pattern_names)
     return Response(orjson.dumps(report), media_type="application/json")
 
 
@@ -68,4 +85,8 @@ async def feedback(item: Feedback, ctx: ContextDep) -> Response:
     if ctx.log is None:
         raise ServiceUnavailableError("the prediction log is disabled (TABSERVE_PREDICTION_LOG=false)")
     result = await asyncio.to_thread(ctx.log.attach_feedback, item.request_id, item.index, item.actual)
+    adaptive = ctx.service.adaptive
+    if adaptive is not None and result.created:  # this worker serves the new effective level at once
+        with suppress(StoreError):  # the periodic refresh catches up
+            await asyncio.to_thread(adaptive.refresh, result.model)
     return Response(orjson.dumps(result.as_dict()), media_type="application/json")

@@ -11,6 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl
 
 from tabserve.errors import StoreError
+from tabserve.store.coverage import ServedKey, WindowRow
 from tabserve.store.record import LogRow, PredictionRecord
 
 DEFAULT_SQLITE_FILE = "predictions.sqlite"
@@ -73,6 +74,15 @@ class PredictionStore(Protocol):
 
     def recent_inputs(self, model: str, since: float | None, limit: int) -> list[dict[str, Any]]:
         """The normalised inputs of the newest ``limit`` rows of ``model`` (oldest first), for drift."""
+        ...
+
+    def labelled_window(self, model: str, since: float, limit: int) -> list[WindowRow]:
+        """Served outputs of ``model`` with feedback received at ``since`` or later, newest feedback first
+        (``store.coverage``: what the coverage monitor counts)."""
+        ...
+
+    def adaptive_counts(self, model: str) -> dict[ServedKey, tuple[int, int]]:
+        """``(version, level, pattern) -> (n, misses)`` of rows served adaptively that have feedback."""
         ...
 
     def prune(self, older_than: float) -> int:

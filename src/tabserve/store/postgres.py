@@ -17,6 +17,7 @@ import psycopg
 from psycopg import conninfo, sql
 
 from tabserve.errors import StoreError
+from tabserve.store.coverage import COUNTS_DDL, FEEDBACK_TIME_INDEX
 from tabserve.store.record import LogRow
 from tabserve.store.sql import PREDICTION_COLUMNS, Migration, SqlStore
 
@@ -53,6 +54,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    # Coverage monitoring (version 3 as in SQLite, whose 2 only dropped an index this schema still has).
+    (3, (FEEDBACK_TIME_INDEX, COUNTS_DDL)),
 )
 _MIGRATION_LOCK = 7_402_611_913  # pg_advisory_xact_lock key: "tabserve migrations"
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

@@ -21,6 +21,7 @@ from typing import Any
 
 from tabserve.errors import BadRequestError, ConflictError, NotFoundError, StoreError
 from tabserve.store.base import FeedbackResult
+from tabserve.store.coverage import CoverageQueries
 from tabserve.store.record import LogRow, PredictionRecord, join_value, loads_json, record_row, split_value
 
 log = logging.getLogger("tabserve.store")
@@ -76,7 +77,7 @@ def _row_dict(row: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-class SqlStore(ABC):
+class SqlStore(CoverageQueries, ABC):
     """Shared implementation of ``PredictionStore``; see ``SqliteStore`` and ``PostgresStore``."""
 
     placeholder: str = "?"
@@ -255,7 +256,7 @@ class SqlStore(ABC):
         def attach(cur: Any) -> FeedbackResult:
             cur.execute(
                 self._sql(
-                    "SELECT idx, model, model_version, prediction_value, prediction_label FROM predictions "
+                    "SELECT idx, model, model_version, prediction_value, prediction_label, output FROM predictions "
                     "WHERE request_id = ? ORDER BY idx"
                 ),
                 (request_id,),
@@ -281,7 +282,9 @@ class SqlStore(ABC):
                 (request_id, idx, value, label, time.time()),
             )
             created = cur.rowcount == 1
-            if not created:
+            if created:
+                self._count_served(cur, row[1], row[2], row[5], join_value(value, label))  # type: ignore[arg-type]
+            else:
                 cur.execute(
                     self._sql("SELECT actual_value, actual_label FROM feedback WHERE request_id = ? AND idx = ?"),
                     (request_id, idx),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tabserve.errors import StoreError
+from tabserve.store.coverage import COUNTS_DDL, FEEDBACK_TIME_INDEX
 from tabserve.store.sql import MAX_CHUNK_ROWS, PREDICTION_COLUMNS, Migration, SqlStore
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -53,6 +54,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     # Every query of the log filters by model (export, drift, feedback by request id, prune per model), so
     # the (model, time) index serves them all; a third index cost each insert ~0.5 µs of CPU (1 row in 10).
     (2, ("DROP INDEX IF EXISTS predictions_time",)),
+    # Coverage monitoring: the labelled window reads feedback by time; adaptive conformal counts (store/coverage.py).
+    (3, (FEEDBACK_TIME_INDEX, COUNTS_DDL)),
 )
 
 
