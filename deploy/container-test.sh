@@ -69,6 +69,7 @@ fi
 if command -v promtool >/dev/null; then
   log "promtool check rules"
   promtool check rules "$repo/deploy/monitoring/alerts.yaml" || fail "promtool check rules"
+  promtool test rules "$repo/deploy/monitoring/alerts_test.yaml" || fail "promtool test rules"
 fi
 log "hadolint"
 "$bin/hadolint" "$repo/Dockerfile" && echo "hadolint: clean" || fail "hadolint Dockerfile"

@@ -20,6 +20,7 @@ DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 BIN = Path(sys.executable).parent
 METRICS_SOURCE = REPO / "src" / "tabserve" / "observability" / "metrics.py"
+COVERAGE_SOURCE = REPO / "src" / "tabserve" / "observability" / "coverage.py"
 ALERTS = DEPLOY / "monitoring" / "alerts.yaml"
 DASHBOARD = DEPLOY / "monitoring" / "grafana-dashboard.json"
 PROMTOOL = shutil.which("promtool")
@@ -199,7 +200,8 @@ def test_yaml_assets_lint_clean_when_checked() -> None:
 
 
 def _service_metric_names() -> set[str]:
-    declared = set(re.findall(r'"(tabserve_[a-z0-9_]+)"', METRICS_SOURCE.read_text(encoding="utf-8")))
+    sources = METRICS_SOURCE.read_text(encoding="utf-8") + COVERAGE_SOURCE.read_text(encoding="utf-8")
+    declared = set(re.findall(r'"(tabserve_[a-z0-9_]+)"', sources))
     assert declared, f"no metric names found in {METRICS_SOURCE}"
     names = set(declared)
     for name in declared:  # histogram series
@@ -240,6 +242,13 @@ def test_alerts_cover_the_slos_when_loaded() -> None:
 @pytest.mark.skipif(PROMTOOL is None, reason=NO_PROMTOOL)
 def test_alert_rules_pass_promtool_when_checked() -> None:
     result = subprocess.run([str(PROMTOOL), "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason=NO_PROMTOOL)
+def test_coverage_alert_fires_only_out_of_band_with_enough_samples_when_unit_tested() -> None:
+    tests = ALERTS.with_name("alerts_test.yaml")
+    result = subprocess.run([str(PROMTOOL), "test", "rules", str(tests)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
