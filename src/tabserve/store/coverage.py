@@ -46,7 +46,10 @@ class Served:
 
 def served(output: Any) -> Served | None:
     """The served interval / set of a logged ``output`` (JSON text or decoded), None when it has none."""
-    data = loads_json(output) if isinstance(output, str | bytes) else output
+    try:
+        data = loads_json(output) if isinstance(output, str | bytes) else output
+    except ValueError:  # not JSON: a row some other writer put there; it simply has no served interval
+        return None
     if not isinstance(data, dict):
         return None
     pattern = str(data.get("pattern", ""))
