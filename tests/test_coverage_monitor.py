@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from tabserve.observability.coverage import CoverageGauges, CoverageMonitor, CoverageRule, count_window, wilson
 from tabserve.store import PredictionRecord
-from tabserve.store.coverage import served
+from tabserve.store.coverage import WindowRow, served
 from tabserve.store.postgres import PostgresStore
 from tabserve.store.sql import SqlStore
 from tabserve.store.sqlite import SqliteStore
@@ -128,7 +128,7 @@ def test_adaptive_counts_only_rows_served_adaptively_when_feedback_arrives(store
 
 
 def test_rows_logged_without_a_pattern_count_under_an_empty_pattern_when_old() -> None:
-    rows = [("1.0.0", '{"interval":{"level":0.9,"lower":1,"upper":2}}', 1.5, None, 1.0)]
+    rows: list[WindowRow] = [("1.0.0", '{"interval":{"level":0.9,"lower":1,"upper":2}}', 1.5, None, 1.0)]
     rows += [("1.0.0", '{"interval":{"0.9":{"lower":1,"upper":2}}}', 1.5, None, 1.0)]  # no served level: skipped
     assert count_window(rows, 10) == {("1.0.0", 0.9, ""): [1, 1, 0]}
     assert served("not json") is None
