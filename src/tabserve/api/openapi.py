@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from tabserve.api.openapi_coverage import document_coverage
 from tabserve.manifest import CategoryInput, Manifest, NumericInput
 
 
@@ -118,6 +119,7 @@ def install_openapi(app: FastAPI) -> None:
         for name, manifest in sorted(models.items()):
             summary = f"Predict with {name} {manifest.version}"
             paths[f"/models/{name}/predict"] = {"post": _predict_operation(f"predict_{name}", summary, manifest)}
+        document_coverage(paths)
         if ctx.started:
             app.openapi_schema = schema
         return schema
