@@ -44,7 +44,10 @@ def test_drift_report_and_prune_read_the_prediction_log(tmp_path: Path) -> None:
     example = json.loads((MODELS / "penguins" / "1.0.0" / "manifest.json").read_text())["example_request"]
     shifted = {**example, "body_mass_g": 6200}
     with TestClient(create_app(Settings(models_dir=MODELS, data_dir=data))) as client:
-        client.post("/models/penguins/predict", json={"instances": [shifted] * 600})
+        batch = client.post("/models/penguins/predict", json={"instances": [shifted] * 600}).json()
+        for index in range(3):  # feedback: the drift report's coverage section counts it
+            body = {"request_id": batch["request_id"], "index": index, "actual": "Gentoo" if index else "Nope"}
+            assert client.post("/feedback", json=body).status_code == 200
     out = tmp_path / "report"
     result = run("drift", "--model", "penguins", "--models", str(MODELS), "--since", "1d", "--out", str(out), data=data)
     assert result.returncode == 0, result.stderr
@@ -53,6 +56,10 @@ def test_drift_report_and_prune_read_the_prediction_log(tmp_path: Path) -> None:
     assert "body_mass_g" in summary["drift"]
     assert (out / "drift.json").exists()
     assert "<img" in (out / "drift.html").read_text()
+    (cell,) = json.loads((out / "drift.json").read_text())["coverage"]["cells"]
+    covered = sum(1 for label in ("Nope", "Gentoo", "Gentoo") if label in batch["predictions"][0]["prediction_set"])
+    assert (cell["samples"], cell["covered"]) == (3, covered)
+    assert "<h2>Coverage</h2>" in (out / "drift.html").read_text()
     kept = run("prune", "--days", "1", data=data)
     assert kept.returncode == 0, kept.stderr
     assert "pruned 0 rows" in kept.stdout

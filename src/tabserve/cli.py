@@ -203,10 +203,23 @@ def _cmd_drift(args: argparse.Namespace) -> int:
     manifest = verify_model_dir(model_dir(Path(args.models), args.model, args.version)).manifest
     inputs = store.recent_inputs(args.model, parse_since(args.since), args.limit)
     report = drift_from_inputs(manifest, inputs, model=args.model, min_rows=args.min_rows)
+    report["coverage"] = _coverage_report(store, args.model, manifest.conformal.pattern_names)
     json_path, html_path = write_drift_report(report, Path(args.out))
     flagged = [name for name, f in report["features"].items() if f["status"] == "drift"]
     print(json.dumps({"rows": len(inputs), "drift": flagged, "json": str(json_path), "html": str(html_path)}))
     return 0
+
+
+def _coverage_report(store: PredictionStore, model: str, pattern_names: dict[str, str]) -> dict[str, object]:
+    """The drift report's coverage section, with the service's window and band settings."""
+    from tabserve.observability.coverage import CoverageMonitor, CoverageRule
+
+    settings = Settings()
+    rule = CoverageRule(tolerance=settings.coverage_tolerance, min_samples=settings.coverage_min_samples)
+    monitor = CoverageMonitor(
+        store.labelled_window, window=settings.coverage_window, max_age_s=settings.coverage_max_age_s, rule=rule
+    )
+    return monitor.compute(model, pattern_names)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

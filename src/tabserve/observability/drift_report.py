@@ -90,6 +90,36 @@ def _feature_html(name: str, entry: Mapping[str, Any]) -> str:
     return "".join(lines)
 
 
+def coverage_html(coverage: Any) -> str:
+    """The coverage section (``observability.coverage`` report): one table row per version, level and pattern."""
+    if not isinstance(coverage, Mapping):
+        return ""
+    if "error" in coverage:
+        return f"<section><h2>Coverage</h2><p>not available: {html.escape(str(coverage['error']))}</p></section>"
+    window = coverage.get("window", {})
+    rows = []
+    for cell in coverage.get("cells", []):
+        colour = {"ok": "#2e7d32", "under": "#c62828", "over": "#f9a825"}.get(str(cell["status"]), "#616161")
+        shown = "—" if cell["coverage"] is None else f"{cell['coverage']:.3f}"
+        rows.append(
+            f"<tr><td>{html.escape(str(cell['version']))}</td><td>{cell['level']:g}</td>"
+            f"<td>{html.escape(str(cell['pattern']))} {html.escape(str(cell.get('pattern_name', '')))}</td>"
+            f"<td>{cell['samples']}</td><td>{cell['covered']}</td><td>{shown}</td>"
+            f"<td>{cell['wilson'][0]:.3f}–{cell['wilson'][1]:.3f}</td><td>{cell['band'][0]:g}–{cell['band'][1]:g}</td>"
+            f'<td style="color:{colour}">{html.escape(str(cell["status"]))}</td>'
+            f"<td>{cell['effective_level']:g}</td></tr>"
+        )
+    head = (
+        "<tr><th>version</th><th>level</th><th>pattern</th><th>samples</th><th>covered</th><th>coverage</th>"
+        "<th>Wilson</th><th>band</th><th>status</th><th>effective level</th></tr>"
+    )
+    return (
+        f"<section><h2>Coverage</h2><p>Served intervals / prediction sets against feedback: newest "
+        f"{window.get('rows_per_cell')} answers with feedback per cell, feedback of the last "
+        f"{window.get('max_age_s')} s.</p><table>{head}{''.join(rows)}</table></section>"
+    )
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """The whole report as one HTML page with embedded images."""
     title = f"Drift report: {report.get('model', '')} {report.get('model_version', '')}".strip()
@@ -99,6 +129,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"{report['thresholds']['watch']}, drift ≥ {report['thresholds']['drift']}.</p>"
     )
     sections = "".join(_feature_html(name, entry) for name, entry in report["features"].items())
+    sections += coverage_html(report.get("coverage"))
     style = "body{font-family:sans-serif;max-width:60em;margin:auto}section{border-top:1px solid #ccc}"
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
