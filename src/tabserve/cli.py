@@ -217,7 +217,11 @@ def _coverage_report(store: PredictionStore, model: str, pattern_names: dict[str
     settings = Settings()
     rule = CoverageRule(tolerance=settings.coverage_tolerance, min_samples=settings.coverage_min_samples)
     monitor = CoverageMonitor(
-        store.labelled_window, window=settings.coverage_window, max_age_s=settings.coverage_max_age_s, rule=rule
+        store.labelled_window,
+        window=settings.coverage_window,
+        max_age_s=settings.coverage_max_age_s,
+        max_rows=settings.coverage_max_rows,
+        rule=rule,
     )
     return monitor.compute(model, pattern_names)
 

@@ -137,6 +137,7 @@ def _coverage_monitor(settings: Settings, log: PredictionLog, metrics: ServiceMe
         store.labelled_window,
         window=settings.coverage_window,
         max_age_s=settings.coverage_max_age_s,
+        max_rows=settings.coverage_max_rows,
         refresh_s=settings.coverage_refresh_s,
         rule=CoverageRule(tolerance=settings.coverage_tolerance, min_samples=settings.coverage_min_samples),
         gauges=CoverageGauges(metrics.registry),

@@ -128,7 +128,7 @@ class CoverageMonitor:
         *,
         window: int = 2000,
         max_age_s: float = 7 * 86400.0,
-        max_rows: int = 200_000,
+        max_rows: int = 50_000,
         refresh_s: float = 15.0,
         rule: CoverageRule | None = None,
         gauges: CoverageGauges | None = None,
