@@ -176,3 +176,22 @@ def test_report_is_reused_within_refresh_s_when_asked_again(store: SqlStore) -> 
     assert monitor.report("co2") is first
     assert calls == ["co2"]
     assert CoverageMonitor(source, refresh_s=0.0).report("co2") is not first
+
+
+def test_report_is_kept_while_no_new_feedback_arrives_when_the_store_says_so(store: SqlStore) -> None:
+    calls: list[str] = []
+
+    def source(model: str, since: float, limit: int) -> list[Any]:
+        calls.append(model)
+        return store.labelled_window(model, since, limit)
+
+    store.write([interval("k1", "1.0.0", 0.9, "1", 0.0, 10.0), interval("k2", "1.0.0", 0.9, "1", 0.0, 10.0)])
+    assert store.latest_feedback_time() is None
+    store.attach_feedback("k1", None, 5.0)
+    monitor = CoverageMonitor(source, refresh_s=0.0, latest_feedback=store.latest_feedback_time)
+    first = monitor.report("co2")
+    assert monitor.report("co2") is first  # nothing new: the store is not read again
+    assert calls == ["co2"]
+    store.attach_feedback("k2", None, 50.0)
+    assert _cells(monitor.report("co2")) == {("1.0.0", 0.9, "1"): (2, 1)}
+    assert calls == ["co2", "co2"]

@@ -142,6 +142,7 @@ def _coverage_monitor(settings: Settings, log: PredictionLog, metrics: ServiceMe
         rule=CoverageRule(tolerance=settings.coverage_tolerance, min_samples=settings.coverage_min_samples),
         gauges=CoverageGauges(metrics.registry),
         adaptive=adaptive,
+        latest_feedback=store.latest_feedback_time,
     )
 
 

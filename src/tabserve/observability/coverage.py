@@ -119,6 +119,11 @@ class CoverageGauges:
         self._seen |= current
 
 
+STALE_AFTER_REFRESHES = 40
+"""Without new feedback a report is computed again only this many refresh intervals later (10 min at 15 s):
+the window then changes only by answers ageing out of ``max_age_s``."""
+
+
 class CoverageMonitor:
     """Coverage reports per model from the shared prediction log (see the module docstring)."""
 
@@ -134,6 +139,7 @@ class CoverageMonitor:
         gauges: CoverageGauges | None = None,
         adaptive: AdaptiveLevels | None = None,
         clock: Callable[[], float] = time.time,
+        latest_feedback: Callable[[], float | None] | None = None,
     ) -> None:
         self.source = source
         self.window = window
@@ -144,7 +150,10 @@ class CoverageMonitor:
         self.gauges = gauges
         self.adaptive = adaptive
         self.clock = clock
-        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.latest_feedback = latest_feedback
+        """``PredictionStore.latest_feedback_time``: when it has not moved, a cached report younger than
+        ``STALE_AFTER_REFRESHES`` refreshes is still right (nothing new to count) and is kept."""
+        self._cache: dict[str, tuple[float, dict[str, Any], float | None]] = {}
         self._lock = threading.Lock()
 
     def report(self, model: str, pattern_names: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -155,9 +164,19 @@ class CoverageMonitor:
             cached = self._cache.get(model)
         if cached is not None and now - cached[0] < self.refresh_s:
             return cached[1]
+        mark = self.latest_feedback() if self.latest_feedback is not None else None
+        if (
+            cached is not None
+            and mark is not None
+            and mark == cached[2]
+            and now - cached[0] < max(self.refresh_s, 1.0) * STALE_AFTER_REFRESHES
+        ):
+            if self.adaptive is not None:  # a small table: kept exact even if instances' clocks disagree
+                self.adaptive.refresh(model)
+            return cached[1]
         report = self.compute(model, pattern_names or {})
         with self._lock:
-            self._cache[model] = (now, report)
+            self._cache[model] = (now, report, mark)
         return report
 
     def compute(self, model: str, pattern_names: Mapping[str, str]) -> dict[str, Any]:

@@ -81,6 +81,10 @@ class PredictionStore(Protocol):
         (``store.coverage``: what the coverage monitor counts)."""
         ...
 
+    def latest_feedback_time(self) -> float | None:
+        """When the newest feedback was received (unix s), None without any."""
+        ...
+
     def adaptive_counts(self, model: str) -> dict[ServedKey, tuple[int, int]]:
         """``(version, level, pattern) -> (n, misses)`` of rows served adaptively that have feedback."""
         ...

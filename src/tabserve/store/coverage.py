@@ -123,6 +123,18 @@ class CoverageQueries:
         rows: list[WindowRow] = self._run("labelled_window", read, write=False)
         return rows
 
+    def latest_feedback_time(self) -> float | None:
+        """When the newest feedback (any model) was received: one index seek. Unchanged means no report needs
+        computing again."""
+
+        def read(cur: Any) -> float | None:
+            cur.execute("SELECT MAX(time) FROM feedback")
+            value = cur.fetchone()[0]
+            return None if value is None else float(value)
+
+        latest: float | None = self._run("latest_feedback_time", read, write=False)
+        return latest
+
     def adaptive_counts(self, model: str) -> dict[ServedKey, tuple[int, int]]:
         """``(version, level, pattern) -> (n, misses)`` of the rows of ``model`` served with an adaptive level
         that have feedback (what adaptive conformal inference integrates)."""
