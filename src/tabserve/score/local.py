@@ -27,7 +27,7 @@ from tabserve.errors import ScoreInputError
 from tabserve.score import checkpoint as ckpt
 from tabserve.score.checkpoint import Checkpoint
 from tabserve.score.progress import Progress
-from tabserve.score.reader import BatchReader
+from tabserve.score.reader import BatchReader, file_format
 from tabserve.score.scorer import BatchScorer, ModelRef, Scored
 from tabserve.score.writer import BatchWriter
 
@@ -112,6 +112,8 @@ def _scored(options: Options, scorer: BatchScorer, reader: BatchReader, skip: in
 
 def run(options: Options, *, stream: TextIO | None = None, tty: bool | None = None) -> Checkpoint:
     """Score ``options.input`` into ``options.output`` (and the rejects file); the final checkpoint."""
+    file_format(options.output)  # an unknown output type is named before any work
+    file_format(options.rejects_path())
     reader = BatchReader(options.input, options.batch_rows)
     scorer = BatchScorer(options.model, options.level, reader.schema)
     state = Checkpoint(

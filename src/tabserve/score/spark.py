@@ -21,8 +21,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from tabserve.artifacts import MANIFEST_FILE, model_dir, sha256_file, verify_model_dir
+from tabserve.artifacts import model_dir, sha256_file, verify_model_dir
 from tabserve.errors import IntegrityError, ScoreInputError
+from tabserve.manifest import MANIFEST_FILE
 from tabserve.score.scorer import REJECT_FIELDS, BatchScorer, ModelRef
 
 STATUS = "__tabserve_rejected"
