@@ -1,4 +1,4 @@
-"""The ``tabserve`` command: serve | train | verify | predict | export | drift | prune.
+"""The ``tabserve`` command: serve | train | verify | predict | score | export | drift | prune.
 
 Heavy imports happen inside each sub-command, so ``tabserve verify`` and ``tabserve serve`` never load
 the training stack.
@@ -256,6 +256,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    """Batch scoring of a file (``tabserve.score``): locally on every core, or as a Spark job."""
+    from tabserve.score.command import run_command
+
+    return run_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tabserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -315,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("--version", help="reference model version (default: newest)")
     drift.add_argument("--out", default="drift-report", help="output folder")
     drift.set_defaults(func=_cmd_drift)
+
+    from tabserve.score.arguments import add_score_parser  # argparse only: nothing of the scorer is imported
+
+    add_score_parser(sub, _cmd_score, str(DEFAULT_MODELS))
 
     verify = sub.add_parser("verify", help="check every file's sha256 and the manifest schema")
     verify.add_argument("path", nargs="?", default=str(DEFAULT_MODELS), help="a model version folder or a root")

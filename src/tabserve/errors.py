@@ -15,7 +15,8 @@ TabserveError                     status 500 unless a child says otherwise
 ├── NotFoundError (404)           e.g. feedback for an unknown request id
 ├── ConflictError (409)           e.g. a second, different feedback answer
 ├── UnauthorizedError (401)
-└── StoreError                    the prediction log cannot be written (spill, replay)
+├── StoreError                    the prediction log cannot be written (spill, replay)
+└── ScoreInputError               a file to score cannot be read, or its columns do not fit the model
 """
 
 from __future__ import annotations
@@ -179,3 +180,11 @@ class StoreError(TabserveError):
     status = 503  # in the API: the prediction log's database cannot answer right now (e.g. feedback)
     title = "Prediction log error"
     slug = "store-error"
+
+
+class ScoreInputError(TabserveError):
+    """``tabserve score``: the input cannot be read, or its columns do not fit the model (named in the detail)."""
+
+    status = 400
+    title = "Bad input file"
+    slug = "bad-input-file"

@@ -1,0 +1,73 @@
+"""A batch's answers (``confidence.BatchAnswers``) as Arrow columns appended to the scored rows.
+
+Regression: ``prediction``, ``unit``, ``interval_level``, ``interval_lower``, ``interval_upper``; classification:
+``prediction``, one ``probability_<class>`` per class, ``prediction_set`` (a JSON array) and ``level``. Then
+``warnings`` (the row's warnings as the JSON array ``/predict`` answers with, ``[]`` when none),
+``out_of_distribution``, ``model_name`` and ``model_version``. The values are the service's own: the same
+float64 numbers, rounded where the service rounds them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+
+from tabserve.confidence import BatchAnswers, row_warning_dicts
+from tabserve.manifest import ClassificationOutput, Manifest
+from tabserve.registry import ServingModel
+from tabserve.score.columns import output_columns
+
+
+def answer_schema(manifest: Manifest) -> list[pa.Field]:
+    names = output_columns(manifest)
+    types: dict[str, pa.DataType] = {"out_of_distribution": pa.bool_()}
+    if isinstance(manifest.output, ClassificationOutput):
+        types |= {n: pa.float64() for n in names if n.startswith("probability_")}
+        types["level"] = pa.float64()
+    else:
+        types |= {n: pa.float64() for n in ("prediction", "interval_level", "interval_lower", "interval_upper")}
+    return [pa.field(n, types.get(n, pa.string()), nullable=False) for n in names]
+
+
+def _warnings(answers: BatchAnswers) -> pa.Array:
+    rows = answers.rows
+    if not answers.runs:
+        return pa.array(np.full(rows, "[]", dtype=object), pa.string())
+    text = np.full(rows, "[]", dtype=object)
+    for i, warnings in row_warning_dicts(answers.runs).items():
+        text[i] = json.dumps(warnings, ensure_ascii=False)
+    return pa.array(text, pa.string())
+
+
+def answer_columns(model: ServingModel, answers: BatchAnswers) -> list[pa.Array]:
+    """The answer columns of a batch, in ``answer_schema`` order."""
+    rows = answers.rows
+    constant = pa.array(np.full(rows, model.name, dtype=object), pa.string())
+    tail = [
+        _warnings(answers),
+        pa.array(np.asarray(answers.out_of_distribution, dtype=bool)),
+        constant,
+        pa.array(np.full(rows, model.version, dtype=object), pa.string()),
+    ]
+    if answers.interval is not None:
+        prediction, lower, upper = answers.interval
+        return [
+            pa.array(prediction, pa.float64()),
+            pa.array(np.full(rows, answers.unit, dtype=object), pa.string()),
+            pa.array(np.full(rows, answers.level, dtype=np.float64)),
+            pa.array(lower, pa.float64()),
+            pa.array(upper, pa.float64()),
+            *tail,
+        ]
+    classified = answers.classified or []
+    classes = model.confidence.classes
+    probabilities = [pa.array([a["probabilities"][c] for a in classified], pa.float64()) for c in classes]
+    return [
+        pa.array([a["prediction"] for a in classified], pa.string()),
+        *probabilities,
+        pa.array([json.dumps(a["prediction_set"], ensure_ascii=False) for a in classified], pa.string()),
+        pa.array(np.full(rows, answers.level, dtype=np.float64)),
+        *tail,
+    ]

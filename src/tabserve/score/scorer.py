@@ -1,0 +1,155 @@
+"""Scoring one record batch through the service's own path: ``PredictionService.predict_instances``.
+
+The batch's input columns become the values a request would carry (``score.convert``) and go, as columns, through
+the same validate -> encode -> run -> confidence path as ``POST /predict`` with ``{"instances": [...]}``, so every
+answer is the service's. A batch with invalid rows is checked row by row with the validator's single-instance
+path to find every invalid row and all of its problems; those rows go to the rejects with their reasons, and the
+rest of the batch is scored. No row is dropped or repaired silently: ``scored + rejected`` is always the batch.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from tabserve.confidence import BatchAnswers
+from tabserve.errors import FieldError, RequestValidationError
+from tabserve.features.batch import ColumnRows
+from tabserve.features.fields import NumberField
+from tabserve.registry import ModelRegistry, ServingModel
+from tabserve.score.answers import answer_columns, answer_schema
+from tabserve.score.columns import ColumnPlan, plan
+from tabserve.score.convert import unit_values, values
+from tabserve.service import PredictionService
+
+REJECT_FIELDS = [
+    pa.field("row", pa.int64()),
+    pa.field("reject_fields", pa.string()),
+    pa.field("reject_codes", pa.string()),
+    pa.field("reject_reason", pa.string()),
+]
+REQUEST_ID = "tabserve-score"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """Which model version to score with: a models root (``root/name/version``) or one shipped version folder."""
+
+    name: str
+    version: str | None
+    root: Path
+
+    @classmethod
+    def from_folder(cls, folder: Path, name: str, version: str) -> ModelRef:
+        """A version folder that is not under ``root/name/`` (as Spark ships it): seen through a private root."""
+        root = Path(tempfile.mkdtemp(prefix="tabserve-score-"))
+        (root / name).mkdir()
+        (root / name / version).symlink_to(folder.resolve(), target_is_directory=True)
+        return cls(name, version, root)
+
+
+@dataclass(slots=True)
+class Scored:
+    """One batch's outcome: the scored rows (input columns + answers), the rejects, and counts."""
+
+    output: pa.RecordBatch
+    rejects: pa.RecordBatch
+    warned: int
+    out_of_distribution: int
+
+
+class BatchScorer:
+    """A loaded model version (sha256 verified) and the service path, for record batches of one schema."""
+
+    def __init__(self, ref: ModelRef, level: float | None, schema: pa.Schema, max_batch: int = 1 << 22) -> None:
+        registry = ModelRegistry(ref.root, {ref.name: ref.version}, {}, warmup=False)
+        registry.load_all()
+        failure = registry.failures().get(ref.name)
+        if failure:
+            raise RequestValidationError([FieldError(("model",), failure, "model_unavailable")])
+        self.model: ServingModel = registry.get(ref.name, ref.version)
+        self.service = PredictionService(registry, max_batch=max_batch)
+        self.level = self.model.confidence.resolve_level(level)
+        self.plan: ColumnPlan = plan(self.model.manifest, schema.names)
+        self.schema = schema
+        self.output_schema = pa.schema([*schema, *answer_schema(self.model.manifest)])
+        self.rejects_schema = pa.schema([*REJECT_FIELDS, *schema])
+        self._checkers = {f.name: f for f in self.model.validator.fields}
+
+    def _columns(self, batch: pa.RecordBatch) -> dict[str, list[Any]]:
+        """The request columns of a batch, keyed by model input."""
+        out: dict[str, list[Any]] = {}
+        for name in self.plan.direct:
+            out[name] = values(batch.column(name), isinstance(self._checkers[name], NumberField))
+        for unit in self.plan.units:
+            checker = self._checkers[unit.input]
+            if isinstance(checker, NumberField):
+                out[unit.input] = unit_values(batch.column(unit.column), unit, checker)
+        return out
+
+    def _answer(self, columns: dict[str, list[Any]], rows: int) -> BatchAnswers:
+        result = self.service.predict_instances(
+            self.model.name,
+            ColumnRows(columns, rows),
+            request_id=REQUEST_ID,
+            level=self.level,
+            version=self.model.version,
+        )
+        return result.answers
+
+    def score(self, batch: pa.RecordBatch, first_row: int) -> Scored:
+        """Score a batch whose first row is the file's data row ``first_row`` (0-based; rejects say 1-based)."""
+        rows = batch.num_rows
+        if rows == 0:
+            return Scored(_empty(self.output_schema), _empty(self.rejects_schema), 0, 0)
+        columns = self._columns(batch)
+        try:
+            answers = self._answer(columns, rows)
+            kept, rejects = batch, _empty(self.rejects_schema)
+        except RequestValidationError:
+            problems = self._problems(columns, rows)
+            good = np.array([i for i in range(rows) if i not in problems], dtype=np.int64)
+            rejects = self._rejects(batch, problems, first_row)
+            kept = batch.take(pa.array(good))
+            if len(good) == 0:
+                return Scored(_empty(self.output_schema), rejects, 0, 0)
+            keep = good.tolist()
+            subset = {name: [col[i] for i in keep] for name, col in columns.items()}
+            answers = self._answer(subset, len(good))
+        answered = answer_columns(self.model, answers)
+        output = pa.RecordBatch.from_arrays([*kept.columns, *answered], schema=self.output_schema)
+        warned = len({i for run_rows, _ in answers.runs for i in run_rows})
+        return Scored(output, rejects, warned, int(np.count_nonzero(answers.out_of_distribution)))
+
+    def _problems(self, columns: dict[str, list[Any]], rows: int) -> dict[int, list[FieldError]]:
+        """Every invalid row's problems, from the single-instance checks (the same checks, row by row)."""
+        validator = self.model.validator
+        problems: dict[int, list[FieldError]] = {}
+        for i, obj in enumerate(ColumnRows(columns, rows)):
+            errors: list[FieldError] = []
+            if validator.check(obj, (), errors) is None:
+                problems[i] = errors
+        return problems
+
+    def _rejects(self, batch: pa.RecordBatch, problems: dict[int, list[FieldError]], first_row: int) -> pa.RecordBatch:
+        bad = sorted(problems)
+        taken = batch.take(pa.array(bad, type=pa.int64()))
+        fields = [",".join(dict.fromkeys(str(e.loc[0]) for e in problems[i])) for i in bad]
+        codes = [",".join(e.code for e in problems[i]) for i in bad]
+        reasons = ["; ".join(e.message for e in problems[i]) for i in bad]
+        head = [
+            pa.array([first_row + i + 1 for i in bad], pa.int64()),
+            pa.array(fields, pa.string()),
+            pa.array(codes, pa.string()),
+            pa.array(reasons, pa.string()),
+        ]
+        return pa.RecordBatch.from_arrays([*head, *taken.columns], schema=self.rejects_schema)
+
+
+def _empty(schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([], schema=schema)

@@ -1,0 +1,152 @@
+"""``tabserve score`` on this machine: outputs, rejects with reasons, counts, workers, resume, Ctrl+C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import MODELS, REPO, TABSERVE, data_dir
+from scorefiles import co2_rows, write
+from tabserve.cli import main
+from tabserve.score.local import Options, run
+from tabserve.score.scorer import ModelRef
+
+CO2 = ModelRef("co2", None, MODELS)
+
+
+def read(path: Path) -> list[dict[str, object]]:
+    table = pq.read_table(path) if path.suffix == ".parquet" else pacsv.read_csv(path)
+    return table.to_pylist()
+
+
+def test_scores_every_row_or_rejects_it_with_its_reasons(tmp_path: Path) -> None:
+    rows = co2_rows(data_dir(), 3000, bad=9)
+    source = write(rows, tmp_path / "fleet.csv")
+    state = run(Options(source, tmp_path / "out.parquet", CO2, workers=1, batch_rows=700))
+    assert state.complete
+    assert (state.rows_read, state.scored, state.rejected) == (3000, 2991, 9)
+    out = read(tmp_path / "out.parquet")
+    rejects = read(tmp_path / "out.rejects.csv")
+    assert len(out) == 2991
+    assert len(rejects) == 9
+    assert {r["id"] for r in out} | {r["id"] for r in rejects} == {r["id"] for r in rows}  # none lost
+    by_id = {r["id"]: r for r in rejects}
+    bad = rows[11]  # the first bad cell: engine_size_cc "abc"
+    reject = by_id[bad["id"]]
+    assert reject["row"] == 12  # 1-based data row
+    assert reject["reject_fields"] == "engine_size_l"
+    assert reject["reject_codes"] == "wrong_type"
+    assert "engine_size_l" in str(reject["reject_reason"])
+    assert reject["engine_size_cc"] == "abc"  # the cell as it was, not repaired
+    codes = {str(r["reject_codes"]) for r in rejects}
+    assert {"out_of_range", "missing", "not_finite", "not_integer", "wrong_type"} <= codes
+    first = out[0]
+    assert first["model_name"] == "co2"
+    assert first["model_version"] == "1.0.0"
+    assert first["interval_level"] == 0.9
+    assert float(first["interval_lower"]) <= float(first["prediction"]) <= float(first["interval_upper"])  # type: ignore[arg-type]
+    unseen = [r for r in out if r["make"] == "Zorblax"]
+    assert unseen
+    assert all(r["out_of_distribution"] for r in unseen)
+    assert all("unknown_category" in str(r["warnings"]) for r in unseen)
+    assert state.warned == sum(1 for r in out if r["warnings"] != "[]")
+
+
+def test_two_workers_and_csv_output_give_the_same_answers(tmp_path: Path) -> None:
+    source = write(co2_rows(data_dir(), 5000, bad=4), tmp_path / "fleet.parquet")
+    one = run(Options(source, tmp_path / "one.parquet", CO2, workers=1, batch_rows=1000))
+    two = run(Options(source, tmp_path / "two.csv", CO2, workers=2, batch_rows=1000, rejects=tmp_path / "r.csv"))
+    assert (one.scored, one.rejected) == (two.scored, two.rejected) == (4996, 4)
+    a, b = read(tmp_path / "one.parquet"), read(tmp_path / "two.csv")
+    assert [r["id"] for r in a] == [r["id"] for r in b]  # input order kept
+    for x, y in zip(a, b, strict=True):
+        for key in ("prediction", "interval_lower", "interval_upper", "out_of_distribution", "warnings"):
+            assert x[key] == y[key], key
+
+
+def test_penguins_get_probabilities_and_prediction_sets(tmp_path: Path) -> None:
+    source = data_dir() / "palmer_penguins.csv"
+    state = run(Options(source, tmp_path / "p.parquet", ModelRef("penguins", None, MODELS), workers=1))
+    out = read(tmp_path / "p.parquet")
+    rejects = read(tmp_path / "p.rejects.csv")
+    assert state.rows_read == 344 == len(out) + len(rejects)
+    assert rejects  # rows without measurements ("NA") are rejected, not guessed
+    assert all("bill_length_mm" in str(r["reject_reason"]) for r in rejects)
+    species = {"Adelie", "Chinstrap", "Gentoo"}
+    for row in out:
+        assert row["prediction"] in species
+        assert row["prediction"] in json.loads(str(row["prediction_set"]))
+        total = sum(float(row[f"probability_{s.lower()}"]) for s in species)  # type: ignore[arg-type]
+        assert abs(total - 1.0) < 1e-5
+
+
+def test_bad_arguments_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "x.csv"
+    source.write_text("engine_size_l,engine_size_cc\n2,2000\n", encoding="utf-8")
+    code = main(["score", str(source), str(tmp_path / "o.parquet"), "--model", "co2", "--models", str(MODELS)])
+    assert code == 1
+    assert "engine_size_l given by engine_size_l, engine_size_cc" in capsys.readouterr().err
+    code = main(["score", str(tmp_path / "none.csv"), str(tmp_path / "o.parquet"), "--model", "co2"])
+    assert code == 1
+    assert "no such file" in capsys.readouterr().err
+    assert main(["score", str(source), str(tmp_path / "o.json"), "--model", "co2"]) == 1
+    assert "unknown file type" in capsys.readouterr().err
+
+
+def test_ctrl_c_leaves_valid_files_and_resume_finishes_the_run(tmp_path: Path) -> None:
+    source = write(co2_rows(data_dir(), 60_000, bad=20), tmp_path / "fleet.csv")
+    command = [str(TABSERVE), "score", str(source), str(tmp_path / "out.parquet"), "--model", "co2"]
+    command += ["--models", str(MODELS), "--workers", "1", "--batch-rows", "500", "--progress", "plain"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    progress = tmp_path / "out.parquet.progress.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if progress.is_file() and json.loads(progress.read_text())["rows_read"] >= 2000:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert b"--resume" in err
+    stopped = json.loads(progress.read_text())
+    assert not stopped["complete"]
+    assert 0 < stopped["rows_read"] < 60_000
+    assert pq.ParquetFile(tmp_path / "out.parquet").metadata.num_rows == stopped["scored"]  # valid, complete
+    resumed = subprocess.run([*command, "--resume"], cwd=REPO, capture_output=True, timeout=120, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["complete"]
+    assert (summary["rows_read"], summary["rejected"]) == (60_000, 20)
+    whole = run(Options(source, tmp_path / "whole.parquet", CO2, workers=1, batch_rows=500))
+    assert read(tmp_path / "out.parquet") == read(tmp_path / "whole.parquet")
+    assert read(tmp_path / "out.rejects.csv") == read(tmp_path / "whole.rejects.csv")
+    assert whole.rejected == 20
+
+
+def test_resume_refuses_another_run(tmp_path: Path) -> None:
+    source = write(co2_rows(data_dir(), 100), tmp_path / "a.csv")
+    run(Options(source, tmp_path / "o.parquet", CO2, workers=1))
+    with pytest.raises(Exception, match="another input, model or options"):
+        run(Options(source, tmp_path / "o.parquet", CO2, workers=1, level=0.8, resume=True))
+
+
+def test_nothing_of_the_scorer_is_imported_by_the_cli_module() -> None:
+    probe = (
+        "import sys, tabserve.cli\n"
+        "heavy = {'pyarrow', 'tqdm', 'pyspark'}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy"
+        " or (m.startswith('tabserve.score.') and m != 'tabserve.score.arguments')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=dict(os.environ)
+    )
+    assert out.stdout.strip() == "[]"
