@@ -1,7 +1,7 @@
 """Build-time check of the serving image (run by the Dockerfile, never shipped in it).
 
-Imports every tabserve module except the training package (which must not be importable here: the
-image carries no pandas/scikit-learn), then loads every bundled model version exactly as the server does
+Imports every tabserve module except the optional extras' packages (training needs pandas/scikit-learn,
+score needs pyarrow; the serving image carries none of them), then loads every bundled model version exactly as the server does
 (``load_serving_model``: verify, open the ONNX session, validate and run the manifest's example request).
 A venv trim that removed something serving needs fails the build here.
 """
@@ -21,11 +21,15 @@ from tabserve.artifacts import list_models, list_versions
 from tabserve.registry import load_serving_model
 
 
+#: packages of optional extras (``train``, ``score``/``spark``): not installed in the serving image
+OPTIONAL_PACKAGES = ("tabserve.training", "tabserve.score")
+
+
 def main(root: Path) -> int:
     modules = [
         info.name
         for info in pkgutil.walk_packages(tabserve.__path__, "tabserve.")
-        if not info.name.startswith("tabserve.training")
+        if not info.name.startswith(OPTIONAL_PACKAGES)
     ]
     for name in modules:
         importlib.import_module(name)

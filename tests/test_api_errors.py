@@ -185,3 +185,12 @@ def test_rate_limit_gets_429_with_retry_after(make_client: Any) -> None:
     response = limited.post("/predict", json=CO2, headers={"x-api-key": "k1"})
     problem(response, 429)
     assert int(response.headers["retry-after"]) >= 1
+
+
+def test_oip_tensor_datatype_of_the_wrong_type_is_400_not_500(client: TestClient) -> None:
+    """Found by schemathesis: a datatype that is an object (unhashable) crashed the tensor lookup."""
+    for datatype in ({"a": 1}, ["FP64"], 3, None):
+        body = {"inputs": [{"name": "bill_length_mm", "datatype": datatype, "shape": [1], "data": [40.0]}]}
+        response = client.post("/v2/models/penguins/infer", json=body)
+        assert response.status_code == 400, (datatype, response.text)
+        assert "datatype" in response.json()["error"]

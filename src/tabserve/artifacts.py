@@ -63,8 +63,30 @@ class VerifiedModel:
         return self.path / self.manifest.onnx.file
 
 
+PICKLE_SUFFIXES = frozenset({".pkl", ".pickle", ".joblib", ".dill", ".sav", ".pt", ".pth"})
+"""Files that are (or may hold) pickles: a model folder holding one is refused before anything is read."""
+PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)*([a-z0-9.+-]*)$")
+"""A model name / version as the manifest allows them: anything else (``..``, ``%2e%2e``, ``/etc``) is no model."""
+
+
+def refuse_pickles(model_dir: Path) -> None:
+    """ManifestError if any file of the folder is a pickle (by suffix, or by the pickle protocol's first bytes):
+    tabserve never unpickles at serve time; ``tabserve build --trust-pickle`` converts one, in a child process."""
+    for path in sorted(model_dir.rglob("*")):
+        if not path.is_file():
+            continue
+        with path.open("rb") as handle:
+            head = handle.read(2)
+        if path.suffix.lower() in PICKLE_SUFFIXES or head in PICKLE_MAGIC:
+            raise ManifestError(f"{path}: a pickle file in a model folder is refused (never loaded at serve time)")
+
+
 def verify_model_dir(model_dir: Path) -> VerifiedModel:
-    """Check the manifest's schema and every file's sha256. Raises IntegrityError / ManifestError."""
+    """Check the folder holds no pickle, the manifest's schema and every file's sha256. Raises IntegrityError /
+    ManifestError."""
+    refuse_pickles(model_dir)
     manifest = read_manifest(model_dir)
     if model_dir.name != manifest.version:
         raise ManifestError(
@@ -107,6 +129,8 @@ def list_models(root: Path) -> list[str]:
 
 def model_dir(root: Path, name: str, version: str | None = None) -> Path:
     """The folder of ``name`` at ``version`` (newest when None). Raises ModelNotFoundError."""
+    if not NAME_RE.match(name) or (version is not None and not VERSION_RE.match(version)):
+        raise ModelNotFoundError(f"no model {name!r} version {version!r}")  # never a path outside ``root``
     versions = list_versions(root, name)
     if not versions:
         raise ModelNotFoundError(f"no model {name!r} under {root}")

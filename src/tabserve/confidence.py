@@ -58,7 +58,7 @@ class Confidence:
         except (TypeError, ValueError):
             level = float("nan")
         for allowed in self.levels:
-            if abs(level - allowed) < 1e-9:
+            if level == allowed:  # exact: "0.90" is 0.9, 0.9899999999999999 is not 0.99
                 return allowed
         allowed_text = ", ".join(f"{lv:g}" for lv in self.levels)
         raise RequestValidationError(

@@ -126,6 +126,12 @@ class PayloadTooLargeError(TabserveError):
     slug = "payload-too-large"
 
 
+class RequestTimeoutError(TabserveError):
+    status = 408
+    title = "Request timeout"
+    slug = "request-timeout"
+
+
 class UnsupportedMediaTypeError(TabserveError):
     status = 415
     title = "Unsupported media type"

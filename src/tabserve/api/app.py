@@ -28,6 +28,7 @@ from tabserve.api.routes_health import router as health_router
 from tabserve.api.routes_models import router as models_router
 from tabserve.api.routes_oip import router as oip_router
 from tabserve.api.routes_predict import PredictFastPath
+from tabserve.api.security_headers import SecurityHeaders, install_docs
 from tabserve.config import Settings
 from tabserve.errors import TabserveError
 from tabserve.memory import release_startup_memory
@@ -103,6 +104,8 @@ def create_app(
         version=__version__,
         description="Predictions with honest confidence for tabular models (ONNX + JSON manifests).",
         lifespan=_lifespan,
+        docs_url=None,  # Swagger UI loads from a CDN: the local page of security_headers.install_docs instead
+        redoc_url=None,
     )
     app.state.ctx = ctx
     app.add_exception_handler(TabserveError, problems.tabserve_error_handler)
@@ -112,6 +115,8 @@ def create_app(
     for router in (health_router, models_router, admin_router, oip_router):
         app.include_router(router)
     install_openapi(app)
+    install_docs(app)
+    app.add_middleware(SecurityHeaders)
     fast = PredictFastPath(
         app, service=service, default_model=settings.default_model, max_body_bytes=settings.max_body_bytes
     )

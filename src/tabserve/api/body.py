@@ -1,18 +1,24 @@
 """Reading a JSON request body safely at the ASGI level: content type, size limit (refused before reading past
-it), strict JSON. Used by the predict fast path and the Open Inference Protocol route alike."""
+it), a time limit for a body that arrives in pieces (``BODY_TIMEOUT_S``, 408 beyond: a body sent a byte a second
+cannot hold a slot for ever), strict JSON. Used by the predict fast path and the Open Inference Protocol route
+alike."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import orjson
 from starlette.types import Receive
 
-from tabserve.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from tabserve.errors import BadRequestError, PayloadTooLargeError, RequestTimeoutError, UnsupportedMediaTypeError
 
 JSON_TYPES = frozenset({"application/json", "application/problem+json"})
 Headers = list[tuple[bytes, bytes]]
+BODY_TIMEOUT_S = 10.0
+"""Longest a request body may take to arrive once it comes in several pieces (the usual body, in one piece with
+its headers, never arms the timer: its cost, ~4 µs, would be 7 % of a prediction)."""
 
 
 def body_headers(headers: Headers) -> tuple[str, str | None]:
@@ -46,9 +52,18 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
         if len(body) > limit:
             raise PayloadTooLargeError(f"body is over the limit of {limit} bytes")
         return body
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            return await _rest(receive, body, limit)
+    except TimeoutError:
+        raise RequestTimeoutError(f"the request body did not arrive within {BODY_TIMEOUT_S:g} s") from None
+
+
+async def _rest(receive: Receive, body: bytes, limit: int) -> bytes:
     chunks = [body]
     total = len(body)
-    while message.get("more_body", False):
+    more = True
+    while more:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise BadRequestError("the client disconnected before sending the whole body")
@@ -57,6 +72,7 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
         if total > limit:
             raise PayloadTooLargeError(f"body is over the limit of {limit} bytes")
         chunks.append(chunk)
+        more = message.get("more_body", False)
     return b"".join(chunks)
 
 

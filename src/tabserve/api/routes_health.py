@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 from fastapi import APIRouter
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from tabserve.api.context import ContextDep
 
@@ -16,7 +16,11 @@ async def health() -> Response:
     return Response(b'{"status":"ok"}', media_type="application/json")
 
 
-@router.get("/ready", summary="Readiness: every configured model verified, loaded and warmed")
+@router.get(
+    "/ready",
+    summary="Readiness: every configured model verified, loaded and warmed",
+    responses={503: {"description": "Not ready (loading or failed)", "content": {"application/json": {}}}},
+)
 async def ready(ctx: ContextDep) -> Response:
     registry = ctx.registry
     models = {name: state.as_dict() for name, state in registry.states().items()}
@@ -28,7 +32,7 @@ async def ready(ctx: ContextDep) -> Response:
     return Response(orjson.dumps(body), status_code=code, media_type="application/json")
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics(ctx: ContextDep) -> Response:
     body, content_type = ctx.metrics.render()
     return Response(body, media_type=content_type)

@@ -80,7 +80,15 @@ class Feedback(BaseModel):
     actual: float | str = Field(description="Measured CO2 in g/km, or the species")
 
 
-@router.post("/feedback", tags=["feedback"], summary="Attach the true value to a logged prediction")
+@router.post(
+    "/feedback",
+    tags=["feedback"],
+    summary="Attach the true value to a logged prediction",
+    responses={
+        404: {"description": "No logged prediction with this request id (and row)"},
+        409: {"description": "This row already has a different true value"},
+    },
+)
 async def feedback(item: Feedback, ctx: ContextDep) -> Response:
     if ctx.log is None:
         raise ServiceUnavailableError("the prediction log is disabled (TABSERVE_PREDICTION_LOG=false)")

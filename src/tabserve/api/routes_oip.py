@@ -63,7 +63,11 @@ async def live() -> Response:
     return _json({"live": True})
 
 
-@router.get("/health/ready", summary="Server readiness (200 ready, 400 not ready)")
+@router.get(
+    "/health/ready",
+    summary="Server readiness (200 ready, 400 not ready)",
+    responses={400: {"description": "Not ready", "content": {"application/json": {}}}},
+)
 async def server_ready(ctx: ContextDep) -> Response:
     ok = ctx.started and ctx.registry.ready
     return _json({"ready": ok}, 200 if ok else 400)
@@ -179,8 +183,12 @@ async def infer_payload(
         if type(document) is not dict:
             raise BadRequestError("the inference request must be a JSON object")
         instances = _instances(document, blobs)
-        parameters = document.get("parameters") or {}
-        level = parameters.get("level") if isinstance(parameters, dict) else None
+        parameters = document.get("parameters")
+        if parameters is not None and type(parameters) is not dict:
+            raise BadRequestError("'parameters' must be an object")
+        level = parameters.get("level") if parameters else None
+        if level is not None and (type(level) is bool or not isinstance(level, int | float)):
+            raise BadRequestError("parameters.level must be a number (one of the model's levels)")
         result = service.predict_instances(
             name, instances, request_id=state.get("request_id", ""), level=level, version=version, info=state
         )
@@ -234,6 +242,8 @@ def _instances(document: dict[str, Any], blobs: bytes) -> ColumnRows:
 
 def _tensor_values(tensor: dict[str, Any], blobs: bytes, offset: int) -> tuple[list[Any], int]:
     name, datatype, shape = tensor["name"], tensor.get("datatype"), tensor.get("shape")
+    if type(datatype) is not str:  # (an object here was a 500: unhashable in the lookups below)
+        raise BadRequestError(f"input {name!r}: 'datatype' must be a string such as 'FP64' or 'BYTES'")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape) or not shape:
         raise BadRequestError(f"input {name!r}: 'shape' must be a list of non-negative integers")
     if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):

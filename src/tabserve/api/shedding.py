@@ -45,6 +45,12 @@ from tabserve.observability.logging import new_request_id
 RETRY_AFTER_S = OverloadedError("").retry_after_s
 _DETAIL_MARK, _RID_MARK = "@@tabserve-detail@@", "@@tabserve-request-id@@"
 MAX_CACHED = 1024
+LINGER_MAX_BYTES = 128 * 1024 * 1024
+"""Lingering close: body bytes read and dropped, at most, after an answer given before the body was read (413,
+503) on a connection the client asked to close (``Connection: close``, as Python's urllib sends). Closing with
+unread data makes the kernel send a reset, and the client sees that instead of the answer."""
+LINGER_MAX_S = 10.0
+"""... and for at most this many seconds (a client that sends slower is then disconnected)."""
 """Entries kept per cache (routes per URL, escaped reasons): a flood of distinct URLs cannot grow them."""
 
 
@@ -136,6 +142,24 @@ class Refusals:
 REFUSALS = Refusals()
 
 
+class LingeringTransport:
+    """What a request that asked to close its connection sees as its transport: ``close`` becomes a lingering
+    close when the request's body is still arriving (``SheddingProtocol.linger``); everything else is the
+    transport's. Only such requests get one: a keep-alive connection reads the rest of the body as usual."""
+
+    __slots__ = ("_protocol", "_transport")
+
+    def __init__(self, protocol: SheddingProtocol, transport: Any) -> None:
+        self._protocol = protocol
+        self._transport = transport
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        self._protocol.linger()
+
+
 class SheddingProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with admission decided at parse time (see the module docstring)."""
 
@@ -145,6 +169,10 @@ class SheddingProtocol(HttpToolsProtocol):
     """The request being parsed was refused at parse time: its body is read and dropped."""
     _routes: dict[bytes, tuple[bool, bool]] | None = None
     """Per request target seen on this connection: (never refused, Open Inference Protocol route)."""
+
+    _lingering: int | None = None
+    """Body bytes dropped since a lingering close began (None: not lingering)."""
+    _linger_timer: Any = None
 
     _idle_since: float | None = None
     """Loop time at which this connection last became idle (its response written, nothing pipelined); None
@@ -199,7 +227,7 @@ class SheddingProtocol(HttpToolsProtocol):
         self._dropping = True
         self.transport.write(data)
         if not keep_alive:
-            self.transport.close()
+            self.linger()
         self.on_response_complete()
         admission.refused(time.perf_counter() - parsed)
 
@@ -224,14 +252,46 @@ class SheddingProtocol(HttpToolsProtocol):
         return route
 
     def on_body(self, body: bytes) -> None:
-        if not self._dropping:
+        if self._lingering is not None:
+            self._lingering += len(body)
+            if self._lingering > LINGER_MAX_BYTES:
+                self._end_linger()
+        elif not self._dropping:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if not self._dropping:
+        if self._lingering is not None:
+            self._end_linger()  # the whole body is read: the answer is safe, close now
+        elif not self._dropping:
             super().on_message_complete()
 
+    def linger(self) -> None:
+        """Close the connection, reading and dropping what remains of the request's body first (at most
+        ``LINGER_MAX_BYTES`` and ``LINGER_MAX_S``) so the answer already written is not lost to a reset."""
+        cycle = self.cycle
+        if self._lingering is not None or self.transport.is_closing():
+            return
+        body_done = (cycle is None or not cycle.more_body) and not self._dropping
+        # a client that sent "Expect: 100-continue" and got a final answer instead sends no body: close now
+        no_body_coming = (
+            self.expect_100_continue if self._dropping else cycle is not None and cycle.waiting_for_100_continue
+        )
+        if body_done or no_body_coming:
+            self.transport.close()
+            return
+        self._lingering = 0
+        self.flow.resume_reading()
+        self._linger_timer = self.loop.call_later(LINGER_MAX_S, self._end_linger)
+
+    def _end_linger(self) -> None:
+        timer, self._linger_timer = self._linger_timer, None
+        if timer is not None:
+            timer.cancel()
+        self.transport.close()
+
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        if not cycle.keep_alive:  # the client asked to close: answering before its body is read must linger
+            cycle.transport = LingeringTransport(self, self.transport)  # type: ignore[assignment]
         admission = active_admission()
         scope: Any = cycle.scope
         path: str = scope["path"]
@@ -302,6 +362,9 @@ class SheddingProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         timer, self.timeout_keep_alive_task = self.timeout_keep_alive_task, None
         if timer is not None:
             timer.cancel()
@@ -323,5 +386,5 @@ class SheddingProtocol(HttpToolsProtocol):
         cycle.keep_alive = keep_alive
         self.transport.write(data)
         if not keep_alive:
-            self.transport.close()
+            self.linger()
         self.on_response_complete()
