@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck check bench container-test clean
+.PHONY: install serve test lint typecheck check bench container-test audit clean
 
 install: $(STAMP)  ## create .venv with serving, training and dev dependencies (locked, hashed)
 
@@ -19,21 +19,26 @@ serve: $(STAMP)  ## start the service with the bundled models on http://127.0.0.
 	$(BIN)/tabserve serve
 
 test: $(STAMP)  ## lint, type-check, then the whole test suite
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench deploy/audit.py
+	$(BIN)/ruff format --check src tests bench deploy/audit.py
 	$(BIN)/mypy
+	$(BIN)/mypy deploy/audit.py
 	$(BIN)/pytest -m "not container"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench deploy/audit.py
+	$(BIN)/ruff format --check src tests bench deploy/audit.py
 	$(BIN)/mypy
+	$(BIN)/mypy deploy/audit.py
 
 bench: $(STAMP)  ## the side-by-side benchmark (bench/README.md)
 	bash bench/run.sh
 
 container-test: $(STAMP)  ## build the image with podman, run it locked down, predict, stop
 	bash deploy/container-test.sh
+
+audit: $(STAMP)  ## pip-audit the locked requirements (deploy/audit-ignore.toml); skips when offline
+	$(BIN)/python deploy/audit.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import MODELS
+from tabserve.api.auth import key_entry
 
 CO2 = (
     json.loads((MODELS / "co2" / "1.0.0" / "manifest.json").read_text())["example_request"]
@@ -177,12 +178,14 @@ def test_request_that_waited_too_long_is_shed() -> None:
 
 
 def test_rate_limit_gets_429_with_retry_after(make_client: Any) -> None:
-    limited = make_client(rate_limit=0.5, rate_limit_burst=2)
-    statuses = [limited.post("/predict", json=CO2, headers={"x-api-key": "k1"}).status_code for _ in range(3)]
+    k1, k2 = "first-key-0123456789abcdefghijk", "second-key-0123456789abcdefghij"  # per key: tests/test_auth.py
+    keys = ",".join(key_entry(name, frozenset({"predict"}), key) for name, key in (("k1", k1), ("k2", k2)))
+    limited = make_client(rate_limit=0.5, rate_limit_burst=2, api_keys=keys)
+    statuses = [limited.post("/predict", json=CO2, headers={"x-api-key": k1}).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]
-    other = limited.post("/predict", json=CO2, headers={"x-api-key": "k2"})
+    other = limited.post("/predict", json=CO2, headers={"x-api-key": k2})
     assert other.status_code == 200
-    response = limited.post("/predict", json=CO2, headers={"x-api-key": "k1"})
+    response = limited.post("/predict", json=CO2, headers={"x-api-key": k1})
     problem(response, 429)
     assert int(response.headers["retry-after"]) >= 1
 

@@ -4,6 +4,7 @@ read from /proc after each payload; the figures are printed with ``-s``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -158,6 +159,27 @@ def test_slowloris_connections_do_not_stop_the_worker(hostile: tuple[ServerProce
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_huge_or_countless_headers_get_431_and_memory_stays_bounded(
+    hostile: tuple[ServerProcess, list[float]],
+) -> None:
+    server, _ = hostile
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\n"
+    assert raw(server, head + b"X-A: " + b"a" * 8000 + b"\r\n\r\n").startswith(b"HTTP/1.1 200")
+    many = b"".join(b"X-%d: v\r\n" % i for i in range(150))  # 1.6 KB, over the count
+    assert raw(server, head + many + b"\r\n").startswith(b"HTTP/1.1 431")
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # a 20 MB header, streamed
+        sock.sendall(head + b"X-Huge: ")
+        with contextlib.suppress(OSError):  # the server answers and closes after 64 KB
+            for _ in range(320):
+                sock.sendall(b"a" * 65536)
+        answer = b""
+        with contextlib.suppress(OSError):  # closed with our bytes unread: the kernel may reset instead
+            answer = sock.recv(65536)
+    assert answer == b"" or (answer.startswith(b"HTTP/1.1 431") and b"application/problem+json" in answer)
+    check_memory(hostile, "a 20 MB header and 150 headers")
 
 
 def test_many_keys_duplicate_keys_invalid_utf8(hostile: tuple[ServerProcess, list[float]]) -> None:

@@ -1,4 +1,4 @@
-"""The ``tabserve`` command: serve | train | verify | predict | score | export | drift | prune.
+"""The ``tabserve`` command: serve | train | verify | predict | score | export | drift | prune | hash-key.
 
 Heavy imports happen inside each sub-command, so ``tabserve verify`` and ``tabserve serve`` never load
 the training stack.
@@ -94,6 +94,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[key] = str(value)
     settings = Settings()
+    from tabserve.api.auth import check_production
+
+    check_production(settings)  # ConfigurationError: exit code 1, the reason on stderr
     problem = _preflight(settings)
     if problem is not None:
         print(f"tabserve serve: {problem}", file=sys.stderr)
@@ -263,6 +266,21 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return run_command(args)
 
 
+def _cmd_hash_key(args: argparse.Namespace) -> int:
+    """Print a key's salted hash (for TABSERVE_ADMIN_TOKEN) and its TABSERVE_API_KEYS entry; a new key unless
+    one is given on stdin. The key itself is printed only when generated here (it is stored nowhere)."""
+    from tabserve.api.auth import hash_key, key_entry, new_key
+
+    scopes = frozenset(s.strip() for s in args.scopes.split(",") if s.strip())
+    key = sys.stdin.readline().strip() if args.stdin else new_key()
+    entry = key_entry(args.name, scopes, key)
+    if not args.stdin:
+        print(f"key:   {key}")
+    print(f"hash:  {hash_key(key)}")
+    print(f"entry: {entry}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tabserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -326,6 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     from tabserve.score.arguments import add_score_parser  # argparse only: nothing of the scorer is imported
 
     add_score_parser(sub, _cmd_score, str(DEFAULT_MODELS))
+
+    hash_key = sub.add_parser("hash-key", help="new API key and its salted hash (TABSERVE_API_KEYS, _ADMIN_TOKEN)")
+    hash_key.add_argument("--name", default="client", help="the key's name (logs and rate limit know it by this)")
+    hash_key.add_argument("--scopes", default="predict", help="comma-separated: predict, admin (default predict)")
+    hash_key.add_argument("--stdin", action="store_true", help="hash the key read from stdin instead of a new one")
+    hash_key.set_defaults(func=_cmd_hash_key)
 
     verify = sub.add_parser("verify", help="check every file's sha256 and the manifest schema")
     verify.add_argument("path", nargs="?", default=str(DEFAULT_MODELS), help="a model version folder or a root")

@@ -94,11 +94,22 @@ class Settings(BaseSettings):
     ``M_MMAP_THRESHOLD``, set by ``tabserve serve`` before the models load; fixing it stops glibc raising it after
     large frees, which let batch requests grow a worker's heap by 15-35 MB). 0: glibc's own, moving threshold."""
     rate_limit: float = Field(default=0.0, ge=0.0)
-    """Requests per second per API key (``X-API-Key``) or client address; 429 beyond. 0 = off."""
+    """Requests per second per authenticated API key (its name), else per client address; 429 beyond. 0 = off."""
     rate_limit_burst: int = Field(default=20, ge=1)
     """Burst size of the rate limit's token bucket."""
     admin_token: SecretStr = SecretStr("")
-    """Bearer token for ``POST /admin/reload``. Empty = the admin route is disabled."""
+    """Admin credential (``Authorization: Bearer`` or ``X-API-Key``) for ``POST /admin/reload`` and the drift and
+    coverage views: a hash from ``tabserve hash-key`` (or, outside production mode, the token itself). Empty and no
+    admin-scoped API key = reload disabled (404), drift and coverage open."""
+    api_keys: SecretStr = SecretStr("")
+    """API keys as salted hashes, comma-separated ``name:scope+scope:sha256.salt.digest`` entries printed by
+    ``tabserve hash-key``; scopes ``predict`` (predict, feedback, infer) and ``admin``. Never logged."""
+    require_api_key: bool = False
+    """Predict, feedback and infer need a key with the ``predict`` scope (401/403). False: anonymous calls pass,
+    a presented key must still be valid."""
+    production: bool = False
+    """Production mode: refuse to start while the admin routes are open (no admin credential) or the admin token
+    is in plain text."""
     shutdown_grace_s: float = Field(default=10.0, gt=0)
     """Seconds SIGTERM allows to finish in-flight requests and flush the prediction log."""
     drift_window: int = Field(default=1000, ge=10)

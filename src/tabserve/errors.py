@@ -14,7 +14,9 @@ TabserveError                     status 500 unless a child says otherwise
 ├── RateLimitedError (429)
 ├── NotFoundError (404)           e.g. feedback for an unknown request id
 ├── ConflictError (409)           e.g. a second, different feedback answer
-├── UnauthorizedError (401)
+├── UnauthorizedError (401)      no credential where one is needed, or one that matches no key (WWW-Authenticate)
+├── ForbiddenError (403)         a valid key without the scope the route needs
+├── ConfigurationError           settings that cannot work (e.g. production mode with the admin routes open)
 ├── StoreError                    the prediction log cannot be written (spill, replay)
 └── ScoreInputError               a file to score cannot be read, or its columns do not fit the model
 """
@@ -180,6 +182,24 @@ class UnauthorizedError(TabserveError):
     status = 401
     title = "Unauthorized"
     slug = "unauthorized"
+
+    def __init__(self, detail: str, *, challenge: str = 'Bearer realm="tabserve"') -> None:
+        super().__init__(detail)
+        self.challenge = challenge
+        """The ``WWW-Authenticate`` header of the answer."""
+
+
+class ForbiddenError(TabserveError):
+    status = 403
+    title = "Forbidden"
+    slug = "forbidden"
+
+
+class ConfigurationError(TabserveError):
+    """Settings that cannot work together; the service refuses to start (exit code 1, the reason on stderr)."""
+
+    title = "Configuration error"
+    slug = "configuration-error"
 
 
 class StoreError(TabserveError):

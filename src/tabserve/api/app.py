@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tabserve import __version__
 from tabserve.adaptive import AdaptiveLevels
 from tabserve.api import problems
+from tabserve.api.auth import Authenticator, check_production
 from tabserve.api.context import AppContext
 from tabserve.api.middleware import Admission, RateLimiter, RequestEnvelope
 from tabserve.api.openapi import install_openapi
@@ -67,6 +68,8 @@ def create_app(
 ) -> ServiceApp:
     """A fully isolated app: its own registry, metrics registry, logger, tracer, drift windows and log."""
     settings = settings or Settings()
+    check_production(settings)
+    auth = Authenticator.from_settings(settings)
     holder: list[AppContext] = []
     registry = ModelRegistry(
         settings.models_dir,
@@ -93,6 +96,7 @@ def create_app(
     admission = Admission(settings.max_in_flight, settings.max_queue_ms / 1000.0, _count_refusal(metrics))
     access_log = AccessLog(logger, settings.access_log)
     ctx = AppContext(settings, registry, service, metrics, drift, tracing, logger, admission, access_log, log)
+    ctx.auth = auth
     if log is not None:
         ctx.coverage = _coverage_monitor(settings, log, metrics)
         service.adaptive = ctx.coverage.adaptive
@@ -128,6 +132,7 @@ def create_app(
         tracing=tracing,
         admission=admission,
         limiter=RateLimiter(settings.rate_limit, settings.rate_limit_burst) if settings.rate_limit else None,
+        auth=auth,
     )
     return ServiceApp(app, envelope)
 

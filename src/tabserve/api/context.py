@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from tabserve.api.auth import Authenticator
 from tabserve.api.middleware import Admission
 from tabserve.config import Settings
 from tabserve.observability.coverage import CoverageMonitor
@@ -35,6 +36,8 @@ class AppContext:
     started: bool = False
     coverage: CoverageMonitor | None = None
     """Realised coverage from feedback (None when the prediction log is off)."""
+    auth: Authenticator | None = None
+    """The API keys and the credential each route needs (``api/auth.py``)."""
 
 
 async def _context(request: Request) -> AppContext:  # async: FastAPI would run a sync one in a thread

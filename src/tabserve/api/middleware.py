@@ -17,8 +17,9 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tabserve.api.auth import INVALID, Authenticator, Principal
 from tabserve.api.problems import PROBLEM_JSON, problem_document
-from tabserve.errors import OverloadedError, PayloadTooLargeError, RateLimitedError, TabserveError
+from tabserve.errors import OverloadedError, PayloadTooLargeError, RateLimitedError, TabserveError, UnauthorizedError
 from tabserve.observability.logging import (
     AccessLog,
     bind_request,
@@ -194,7 +195,7 @@ class Admission:
 
 
 class RateLimiter:
-    """Token bucket per API key (``X-API-Key``) or client address; LRU-bounded number of buckets."""
+    """Token bucket per authenticated key (its name) or client address; LRU-bounded number of buckets."""
 
     def __init__(self, rate: float, burst: int, max_keys: int = 10_000) -> None:
         self.rate = rate
@@ -235,6 +236,7 @@ class RequestEnvelope:
         admission: Admission,
         limiter: RateLimiter | None,
         max_body_bytes: int,
+        auth: Authenticator | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -243,6 +245,7 @@ class RequestEnvelope:
         self.tracing = tracing
         self.admission = admission
         self.limiter = limiter
+        self.auth = auth or Authenticator([])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -274,8 +277,12 @@ class RequestEnvelope:
                 try:
                     size = self._declared_size(named.get(b"content-length"))
                     self.admission.admit(started, size, scope.get(GATED_AT))
+                    principal = self.auth.identify(
+                        _decoded(named.get(b"authorization")), _decoded(named.get(b"x-api-key"))
+                    )
                     if self.limiter is not None:
-                        self.limiter.check(self._client_key(scope, named), time.monotonic())
+                        self.limiter.check(self._client_key(scope, principal), time.monotonic())
+                    self.auth.authorize(scope["method"], path, principal)
                 except TabserveError as exc:
                     if isinstance(exc, OverloadedError | RateLimitedError):
                         self.metrics.rejected("overload" if isinstance(exc, OverloadedError) else "rate_limit")
@@ -346,10 +353,10 @@ class RequestEnvelope:
         return size
 
     @staticmethod
-    def _client_key(scope: Scope, named: dict[bytes, bytes]) -> str:
-        key = _decoded(named.get(b"x-api-key"))
-        if key:
-            return "key:" + key
+    def _client_key(scope: Scope, principal: Principal | None) -> str:
+        """The rate limit's bucket: a valid key's name, else the address (random keys buy no fresh bucket)."""
+        if principal is not None and principal is not INVALID:
+            return "key:" + principal.name
         client = scope.get("client")
         return "addr:" + (client[0] if client else "unknown")
 
@@ -366,5 +373,7 @@ class RequestEnvelope:
         retry = getattr(exc, "retry_after_s", None)
         if retry is not None:
             headers.append((b"retry-after", str(retry).encode()))
+        if isinstance(exc, UnauthorizedError):
+            headers.append((b"www-authenticate", exc.challenge.encode()))
         await send({"type": "http.response.start", "status": exc.status, "headers": headers})
         await send({"type": "http.response.body", "body": orjson.dumps(body)})

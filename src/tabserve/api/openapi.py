@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from tabserve.api.auth import document_security
 from tabserve.api.openapi_coverage import document_coverage
 from tabserve.api.openapi_inputs import batch_schema, infer_request_schema, instance_schema
 from tabserve.api.openapi_rules import apply_rules
@@ -141,6 +142,8 @@ def install_openapi(app: FastAPI) -> None:
             paths[f"/models/{name}/predict"] = {"post": operation}
         _infer_paths(paths, models)
         document_coverage(paths)
+        if ctx.auth is not None:
+            document_security(schema, ctx.auth)
         apply_rules(schema)
         if ctx.started:
             app.openapi_schema = schema

@@ -16,6 +16,7 @@ from tabserve.errors import (
     RateLimitedError,
     RequestValidationError,
     TabserveError,
+    UnauthorizedError,
 )
 
 PROBLEM_TYPE_BASE = "https://tabserve.dev/problems/"
@@ -40,6 +41,8 @@ def error_response(exc: TabserveError, *, instance: str = "", request_id: str = 
     headers: dict[str, str] = {}
     if isinstance(exc, OverloadedError | RateLimitedError):
         headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, UnauthorizedError):
+        headers["WWW-Authenticate"] = exc.challenge
     return Response(orjson.dumps(body), status_code=exc.status, media_type=PROBLEM_JSON, headers=headers)
 
 

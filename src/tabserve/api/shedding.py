@@ -52,6 +52,11 @@ unread data makes the kernel send a reset, and the client sees that instead of t
 LINGER_MAX_S = 10.0
 """... and for at most this many seconds (a client that sends slower is then disconnected)."""
 """Entries kept per cache (routes per URL, escaped reasons): a flood of distinct URLs cannot grow them."""
+MAX_HEAD_BYTES = 64 * 1024
+"""Bytes a request's head (request line and headers) may take as it arrives; beyond, ``431`` and the connection
+is closed (httptools buffers a header until it is complete: without a bound, one header could fill memory)."""
+MAX_HEADERS = 100
+"""Header fields a request may have; beyond, ``431`` and the connection is closed."""
 
 
 def _size_and_id(headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes | None]:
@@ -178,12 +183,48 @@ class SheddingProtocol(HttpToolsProtocol):
     """Loop time at which this connection last became idle (its response written, nothing pipelined); None
     while it is receiving or answering a request."""
 
+    _head_bytes: int | None = 0
+    """Bytes received while the current request's head is incomplete (None between heads)."""
+    _too_many_headers = False
+
+    def data_received(self, data: bytes) -> None:
+        """uvicorn's, with the head bounded: a head still incomplete after ``MAX_HEAD_BYTES`` is refused (the
+        parser holds at most that plus one read of it)."""
+        counting = self._head_bytes is not None
+        super().data_received(data)
+        if counting and self._head_bytes is not None and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse_head(f"the request line and headers are over {MAX_HEAD_BYTES} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.headers) >= MAX_HEADERS:
+            self._too_many_headers = True
+            raise httptools.HttpParserCallbackError("too many header fields")
+        super().on_header(name, value)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request httptools cannot parse; a 431 when ``on_header`` stopped the parse."""
+        if self._too_many_headers:
+            self._refuse_head(f"the request has over {MAX_HEADERS} header fields")
+            return
+        super().send_400_response(msg)
+
+    def _refuse_head(self, detail: str) -> None:
+        """431 problem+json, then close (the rest of the head is not read)."""
+        body = orjson.dumps(problem_document(431, "Request header fields too large", detail, "headers-too-large"))
+        head = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: %b\r\ncontent-length: %d\r\n"
+        self.transport.write(head % (PROBLEM_JSON.encode(), len(body)) + b"connection: close\r\n\r\n" + body)
+        self._head_bytes = None
+        self.transport.close()
+
     def on_message_begin(self) -> None:
         """uvicorn's per-request state, except the scope: ``_scope`` builds it once the request is admitted."""
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
         self._dropping = False
+        self._head_bytes = 0
 
     def _scope(self) -> None:
         """uvicorn's ``on_message_begin`` for a request that goes on through uvicorn: its scope, with the URL
@@ -197,6 +238,7 @@ class SheddingProtocol(HttpToolsProtocol):
         """Refuse here, before uvicorn builds the cycle, when the worker would refuse the request; otherwise (or
         if the connection is still answering an earlier request, or the request asks for an upgrade) uvicorn's
         own handling, and the gate then takes the slot in ``_start_asgi_task``."""
+        self._head_bytes = None
         admission = active_admission()
         cycle = self.cycle
         if admission is None or (cycle is not None and not cycle.response_complete) or self.parser.should_upgrade():

@@ -134,7 +134,7 @@ class PostgresStore(SqlStore):
             for row in rows:
                 copy.write_row(_without_nul(row))
         cur.execute(
-            f"INSERT INTO predictions ({PREDICTION_COLUMNS}) SELECT {PREDICTION_COLUMNS} FROM tabserve_incoming "  # noqa: S608
+            f"INSERT INTO predictions ({PREDICTION_COLUMNS}) SELECT {PREDICTION_COLUMNS} FROM tabserve_incoming "  # noqa: S608 - the column list is a module constant, no input
             "ON CONFLICT (request_id, idx) DO NOTHING"
         )
 

@@ -243,7 +243,7 @@ class SqlStore(CoverageQueries, ABC):
         if sql is None:
             one = "(?, ?, ?, ?, ?, ?J, ?J, ?, ?, ?J, ?J, ?, ?)"
             sql = self._insert_sql[rows] = self._sql(
-                f"INSERT INTO predictions ({_COLUMNS}) VALUES {', '.join([one] * rows)} "  # noqa: S608
+                f"INSERT INTO predictions ({_COLUMNS}) VALUES {', '.join([one] * rows)} "  # noqa: S608 - constants and placeholders only; values are parameters
                 "ON CONFLICT (request_id, idx) DO NOTHING"
             )
         return sql
@@ -355,7 +355,7 @@ class SqlStore(CoverageQueries, ABC):
     def recent_inputs(self, model: str, since: float | None, limit: int) -> list[dict[str, Any]]:
         where, params = self._filters(since, model)
         condition = " AND ".join(where)  # fixed fragments with placeholders only: values are parameters
-        sql = self._sql(f"SELECT p.inputs FROM predictions p WHERE {condition} ORDER BY p.time DESC LIMIT ?")  # noqa: S608
+        sql = self._sql(f"SELECT p.inputs FROM predictions p WHERE {condition} ORDER BY p.time DESC LIMIT ?")  # noqa: S608 - fixed fragments (see above), values are parameters
 
         def read(cur: Any) -> list[dict[str, Any]]:
             cur.execute(sql, (*params, max(0, int(limit))))
