@@ -1,7 +1,8 @@
 """co2 training data: reading the NRCan files, canonical spellings, de-duplication and outlier flags.
 
-Owns everything that turns the raw CSVs (1995–2014 5-cycle merge, official 2015–2020 file, and an optional
-``--extra`` file in the official 2015+ layout) into one tidy frame with canonical values:
+Owns everything that turns the raw CSVs (1995–2014 5-cycle merge, official 2015–2020 and 2021–2022 files,
+each checked against its published sha256, and an optional ``--extra`` file in the official 2015+ layout)
+into one tidy frame with canonical values:
 
 - make / transmission / fuel type: ``normalise_key`` spelling (case-insensitive, ``Mercedes-Benz`` and
   ``MERCEDES-BENZ`` are one make);
@@ -20,11 +21,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tabserve.artifacts import sha256_file
 from tabserve.features.text import normalise_key
 
 OLD_FILE = "fuel_consumption_ratings_1995_2014_5cycle.csv"
 NEW_FILE = "fuel_consumption_ratings_2015_2020.csv"
-DATA_FILES = (OLD_FILE, NEW_FILE)
+NEWEST_FILE = "fuel_consumption_ratings_2021_2022.csv"
+DATA_FILES = (OLD_FILE, NEW_FILE, NEWEST_FILE)
+DATA_SHA256 = {
+    # as published in ../shared/data/README.md; a file with other bytes is refused (not silently trained on)
+    OLD_FILE: "a7dc78f5c802ea17b11ad58c6fe5a6911af1e98fa481d912fd8f5974350c1047",
+    NEW_FILE: "cf75a59a028293d22dcb7535821d71e052a2a1027f4058fa1ed4846452dfaa84",
+    NEWEST_FILE: "61bbe4c535e6a6534203e6a209f8c9f09a9d9f2d506fb69e1ed67dff3ab35488",
+}
 
 OFFICIAL_COLUMNS = (
     "Model year",
@@ -177,11 +186,14 @@ def median_factors(frame: pd.DataFrame) -> dict[str, float]:
 
 
 def load(data_dir: Path, extra: Path | None = None) -> LoadedData:
-    """All rows of both NRCan files (+ the extra file), canonical, de-duplicated, outliers flagged."""
+    """All rows of the three NRCan files (+ the extra file), canonical, de-duplicated, outliers flagged."""
     parts: list[pd.DataFrame] = []
     file_rows: dict[Path, int] = {}
     for name in DATA_FILES:
         path = data_dir / name
+        digest = sha256_file(path)
+        if digest != DATA_SHA256[name]:
+            raise ValueError(f"{path}: sha256 {digest} is not the published {DATA_SHA256[name]}")
         raw = _read(path)
         file_rows[path] = len(raw)
         parts.append(_canonical(raw, "nrcan"))
