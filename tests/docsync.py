@@ -77,7 +77,10 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def render_metrics(name: str) -> str:
     """Metrics tables of a committed model, straight from its manifest (so the docs cannot drift)."""
-    manifest = json.loads((REPO / "models" / name / "1.0.0" / "manifest.json").read_text(encoding="utf-8"))
+    from tabserve.artifacts import list_versions
+
+    newest = list_versions(REPO / "models", name)[-1]  # the default version
+    manifest = json.loads((REPO / "models" / name / newest / "manifest.json").read_text(encoding="utf-8"))
     metrics, names = manifest["metrics"], manifest["conformal"]["pattern_names"]
     levels = [f"{lv:g}" for lv in manifest["conformal"]["levels"]]
     if name == "co2":
@@ -122,6 +125,26 @@ def render_metrics(name: str) -> str:
             "",
             _table(["inputs given", *levels, "90% width g/km"], crows),
         ]
+        if "backtest" in metrics:
+            backtest = metrics["backtest"]
+            brows = [
+                [
+                    origin,
+                    f"`{key}` {names[key]}",
+                    *(f"{cell[lv]['coverage']:.3f}" for lv in ("0.8", "0.9", "0.95")),
+                    f"{cell['0.9']['mean_width']:.1f}",
+                    f"{cell['mae']:.2f}",
+                    f"{cell['rmse']:.2f}",
+                ]
+                for origin, row in backtest["table"].items()
+                for key, cell in row.items()
+            ]
+            out += [
+                "",
+                f"Rolling-origin backtest — {backtest['rule']}; scheme chosen over all origins: {backtest['chosen']}.",
+                "",
+                _table(["origin", "inputs given", "0.8", "0.9", "0.95", "90% width g/km", "MAE", "RMSE"], brows),
+            ]
         return "\n".join(out) + "\n"
     test = metrics["test"]
     rows = [

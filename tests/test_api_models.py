@@ -7,7 +7,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from conftest import MODELS
-from tabserve.artifacts import list_models
+from tabserve.artifacts import list_models, list_versions
 
 
 def test_health_answers_ok(client: TestClient) -> None:
@@ -20,7 +20,10 @@ def test_ready_lists_every_model_with_its_version(client: TestClient) -> None:
     body = response.json()
     assert body["status"] == "ready"
     assert set(body["models"]) == set(list_models(MODELS))
-    assert all(m["status"] == "ready" and m["version"] == "1.0.0" for m in body["models"].values())
+    assert all(m["status"] == "ready" for m in body["models"].values())
+    assert {n: m["version"] for n, m in body["models"].items()} == {
+        n: list_versions(MODELS, n)[-1] for n in body["models"]
+    }
 
 
 def test_ready_is_503_before_models_are_loaded(make_client: Any) -> None:
@@ -35,7 +38,7 @@ def test_models_lists_versions_and_default(client: TestClient) -> None:
     assert body["default_model"] == "co2"
     names = [m["name"] for m in body["models"]]
     assert names == sorted(list_models(MODELS))
-    assert all(m["versions"] == ["1.0.0"] for m in body["models"])
+    assert {m["name"]: m["versions"] for m in body["models"]} == {"co2": ["1.0.0", "2.0.0"], "penguins": ["1.0.0"]}
 
 
 def test_model_document_has_schema_units_categories_and_example(client: TestClient) -> None:

@@ -21,8 +21,8 @@ TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
 
 def co2_example() -> dict[str, Any]:
-    manifest = json.loads((MODELS / "co2" / "1.0.0" / "manifest.json").read_text())
-    return {**manifest["example_request"], "model_year": 2017}
+    manifest = json.loads((MODELS / "co2" / "2.0.0" / "manifest.json").read_text())
+    return {**manifest["example_request"], "model_year": 2022}
 
 
 def log_lines(text: str) -> list[dict[str, Any]]:
@@ -60,7 +60,7 @@ def test_access_log_has_cloud_logging_fields_and_no_body(tmp_path: Path, capsys:
     assert first["time"].endswith("Z")
     assert first["logging.googleapis.com/trace"] == f"projects/proj-1/traces/{TRACE_ID}"
     assert first["logging.googleapis.com/spanId"] == "00f067aa0ba902b7"
-    expected = {"request_id": "rid-1", "model": "co2", "model_version": "1.0.0", "status": 200, "rows": 1}
+    expected = {"request_id": "rid-1", "model": "co2", "model_version": "2.0.0", "status": 200, "rows": 1}
     assert expected.items() <= first.items()
     assert {"latency_ms", "preprocess_ms", "inference_ms"} <= first.keys()
     assert lines[1]["logging.googleapis.com/trace"] == f"projects/proj-1/traces/{TRACE_ID}"
@@ -112,17 +112,21 @@ def test_drift_flags_exactly_the_shifted_features(tmp_path: Path) -> None:
 
 
 def _sample_rows(rng: random.Random, n: int) -> list[dict[str, Any]]:
-    """Real vehicles of the training years (NRCan ratings up to 2017, both files), sampled with replacement."""
+    """Real vehicles of the training years (NRCan ratings 1995–2022, all three files), sampled with replacement."""
     import csv
 
     from conftest import data_dir
 
     rows: list[list[str]] = []
-    for name in ("fuel_consumption_ratings_1995_2014_5cycle.csv", "fuel_consumption_ratings_2015_2020.csv"):
+    for name in (
+        "fuel_consumption_ratings_1995_2014_5cycle.csv",
+        "fuel_consumption_ratings_2015_2020.csv",
+        "fuel_consumption_ratings_2021_2022.csv",
+    ):
         with (data_dir() / name).open(encoding="utf-8") as handle:
             reader = csv.reader(handle)
             next(reader)
-            rows += [r for r in reader if int(r[0]) <= 2017]
+            rows += [r for r in reader if int(r[0]) <= 2022]
     out = []
     for r in (rng.choice(rows) for _ in range(n)):
         year, make, model, vclass, engine, cylinders, transmission, fuel, city, hwy, comb = r[:11]

@@ -58,9 +58,9 @@ def co2_rows(registry: ModelRegistry, n: int, seed: int) -> list[dict[str, Any]]
     base = example(registry, "co2")
     rows = []
     for _ in range(n):
-        row = {**base, "model_year": rng.randint(2005, 2021), "engine_size_l": round(rng.uniform(1.0, 6.5), 1)}
+        row = {**base, "model_year": rng.randint(2005, 2030), "engine_size_l": round(rng.uniform(1.0, 6.5), 1)}
         if rng.random() < 0.1:
-            row["make"] = rng.choice(["Genesis", "Polestar"])
+            row["make"] = rng.choice(["Zorblatt", "Polestar"])
         if rng.random() < 0.1:
             row["transmission"] = "A11"
         if rng.random() < 0.2:
@@ -94,7 +94,7 @@ def test_json_from_columns_equals_the_answer_dicts_when_rows_have_warnings_from_
 
 
 def test_json_from_columns_equals_the_answer_dicts_when_one_input_warns(registry: ModelRegistry) -> None:
-    rows = [{**example(registry, "co2"), "model_year": year} for year in (2016, 2018, 2019, 2017, 2020)]
+    rows = [{**example(registry, "co2"), "model_year": year} for year in (2016, 2026, 2027, 2017, 2028)]
     result = answer(service(registry), "co2", rows)
     assert [len(r) for r, _ in result.answers.runs] == [3]
     assert_json_equals_dicts(result)
@@ -111,7 +111,7 @@ def test_json_flags_unknown_fields_without_out_of_distribution(tmp_path: Path) -
     relaxed = ModelRegistry(MODELS, {"co2": None}, {}, strict_fields=False, warmup=False)
     relaxed.load_all()
     base = {**example(relaxed, "co2"), "model_year": 2010}
-    rows = [base, {**base, "colour": "red"}, {**base, "colour": "red", "model_year": 2020}, {**base, "tint": 1}]
+    rows = [base, {**base, "colour": "red"}, {**base, "colour": "red", "model_year": 2030}, {**base, "tint": 1}]
     result = answer(service(relaxed), "co2", rows)
     assert_json_equals_dicts(result)
     written = orjson.loads(predictions_json(result.answers))
@@ -195,7 +195,7 @@ class Fanout:
 def test_single_instance_outcome_answers_the_same_reads(registry: ModelRegistry) -> None:
     hook = Capture()
     svc = service(registry, hook)
-    svc.predict("co2", {**example(registry, "co2"), "model_year": 2020, "make": "Genesis"}, request_id="r")
+    svc.predict("co2", {**example(registry, "co2"), "model_year": 2030, "make": "Zorblatt"}, request_id="r")
     outcome = hook.outcomes[-1]
     assert outcome.rows == 1
     assert outcome.predictions() == [outcome.answers[0]["prediction"]]
@@ -206,7 +206,7 @@ def test_single_instance_outcome_answers_the_same_reads(registry: ModelRegistry)
 
 def test_v2_batch_reaches_the_prediction_log_row_by_row(make_client: Any, tmp_path: Path) -> None:
     client = make_client(data_dir=tmp_path / "logdir")
-    co2 = {**example_from(client, "co2"), "model_year": 2020}
+    co2 = {**example_from(client, "co2"), "model_year": 2030}
     rows = [co2, {**co2, "engine_size_l": 3.0}]
     inputs = v2_inputs(rows)
     response = client.post("/v2/models/co2/infer", json={"inputs": inputs})

@@ -20,7 +20,7 @@ PG = "postgresql://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}
 
 
 def _gauge(text: str, name: str, pattern: str) -> float | None:
-    found = re.search(rf'{name}\{{level="0.9",model="co2",pattern="{pattern}",version="1.0.0"\}} (\S+)', text)
+    found = re.search(rf'{name}\{{level="0.9",model="co2",pattern="{pattern}",version="2.0.0"\}} (\S+)', text)
     return float(found.group(1)) if found else None
 
 
@@ -50,7 +50,7 @@ def test_two_instances_report_the_same_coverage_route_and_metrics_when_feedback_
         "TABSERVE_COVERAGE_ADAPTIVE": "true",
     }
     servers = [server_factory(env, subdir="a"), server_factory(env, subdir="b")]
-    example = json.loads((MODELS / "co2" / "1.0.0" / "manifest.json").read_text())["example_request"]
+    example = json.loads((MODELS / "co2" / "2.0.0" / "manifest.json").read_text())["example_request"]
     specs = {k: v for k, v in example.items() if not k.startswith("fuel_consumption")}
     expected = {"000": [0, 0], "111": [0, 0]}
     effective_levels = []

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import MODELS
-from tabserve.artifacts import verify_model_dir
+from tabserve.artifacts import list_versions, verify_model_dir
 from tabserve.errors import RequestValidationError
 from tabserve.features.validation import InstanceValidator
+from tabserve.manifest import Manifest
 from tabserve.runtime import ColumnEncoder
 
 
@@ -87,5 +88,7 @@ def test_batch_errors_cap_at_one_hundred() -> None:
 
 def test_manifests_round_trip_through_json() -> None:
     for name in ("co2", "penguins"):
-        raw = json.loads((MODELS / name / "1.0.0" / "manifest.json").read_text())
-        assert manifest_of(name).model_dump(mode="json") == raw
+        for version in list_versions(MODELS, name):
+            raw = json.loads((MODELS / name / version / "manifest.json").read_text())
+            # exclude_unset: an optional field a manifest predates (e.g. in_distribution) is not written back
+            assert Manifest.model_validate(raw).model_dump(mode="json", exclude_unset=True) == raw

@@ -52,7 +52,14 @@ class NumericInput(_Strict):
     units: list[str] = Field(description="every unit a request may use for this input")
     integer: bool = False
     plausible: Range = Field(description="physically possible values; outside is rejected (422)")
-    training: TrainingRange = Field(description="outside [min, max] is flagged out_of_distribution")
+    training: TrainingRange = Field(
+        description="outside [min, max] is flagged out_of_distribution, unless in_distribution is given"
+    )
+    in_distribution: Range | None = Field(
+        default=None,
+        description="optional: outside [min, max] is flagged out_of_distribution (e.g. training quantiles, or "
+        "model years up to two past the newest trained on); absent: the training min/max",
+    )
 
 
 class CategoryInput(_Strict):

@@ -66,7 +66,8 @@ class NumberField:
         self.family: UnitFamily | None = family
         self.allowed_units = list(family.units) if family else [spec.unit]
         self.low, self.high = spec.plausible.min, spec.plausible.max
-        self.train_low, self.train_high = spec.training.min, spec.training.max
+        flag = spec.in_distribution
+        self.train_low, self.train_high = (flag.min, flag.max) if flag else (spec.training.min, spec.training.max)
         self._warnings: dict[float, InputWarning] = {}
         self._suffix = "" if spec.unit in UNITLESS else f" {spec.unit}"  # "2020", not "2020 year"
 

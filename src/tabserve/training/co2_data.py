@@ -1,7 +1,8 @@
 """co2 training data: reading the NRCan files, canonical spellings, de-duplication and outlier flags.
 
-Owns everything that turns the raw CSVs (1995–2014 5-cycle merge, official 2015–2020 file, and an optional
-``--extra`` file in the official 2015+ layout) into one tidy frame with canonical values:
+Owns everything that turns the raw CSVs (1995–2014 5-cycle merge, official 2015–2020 and 2021–2022 files,
+each checked against its published sha256, and an optional ``--extra`` file in the official 2015+ layout)
+into one tidy frame with canonical values:
 
 - make / transmission / fuel type: ``normalise_key`` spelling (case-insensitive, ``Mercedes-Benz`` and
   ``MERCEDES-BENZ`` are one make);
@@ -20,11 +21,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tabserve.artifacts import sha256_file
 from tabserve.features.text import normalise_key
 
 OLD_FILE = "fuel_consumption_ratings_1995_2014_5cycle.csv"
 NEW_FILE = "fuel_consumption_ratings_2015_2020.csv"
-DATA_FILES = (OLD_FILE, NEW_FILE)
+NEWEST_FILE = "fuel_consumption_ratings_2021_2022.csv"
+DATA_FILES = (OLD_FILE, NEW_FILE, NEWEST_FILE)
+DATA_SHA256 = {
+    # as published in ../shared/data/README.md; a file with other bytes is refused (not silently trained on)
+    OLD_FILE: "a7dc78f5c802ea17b11ad58c6fe5a6911af1e98fa481d912fd8f5974350c1047",
+    NEW_FILE: "cf75a59a028293d22dcb7535821d71e052a2a1027f4058fa1ed4846452dfaa84",
+    NEWEST_FILE: "61bbe4c535e6a6534203e6a209f8c9f09a9d9f2d506fb69e1ed67dff3ab35488",
+}
 
 OFFICIAL_COLUMNS = (
     "Model year",
@@ -177,11 +186,14 @@ def median_factors(frame: pd.DataFrame) -> dict[str, float]:
 
 
 def load(data_dir: Path, extra: Path | None = None) -> LoadedData:
-    """All rows of both NRCan files (+ the extra file), canonical, de-duplicated, outliers flagged."""
+    """All rows of the three NRCan files (+ the extra file), canonical, de-duplicated, outliers flagged."""
     parts: list[pd.DataFrame] = []
     file_rows: dict[Path, int] = {}
     for name in DATA_FILES:
         path = data_dir / name
+        digest = sha256_file(path)
+        if digest != DATA_SHA256[name]:
+            raise ValueError(f"{path}: sha256 {digest} is not the published {DATA_SHA256[name]}")
         raw = _read(path)
         file_rows[path] = len(raw)
         parts.append(_canonical(raw, "nrcan"))
@@ -212,48 +224,40 @@ def load(data_dir: Path, extra: Path | None = None) -> LoadedData:
 @dataclass(frozen=True, slots=True)
 class TemporalSplit:
     train: pd.DataFrame
+    """Every model year given (≤ 2022, outliers dropped, ``--extra`` rows included): the shipped model."""
     calibration_train: pd.DataFrame
-    """Training rows of the calibration sibling: one year staler (≤ 2016) than ``train``."""
-    specs_calibration_train: pd.DataFrame
-    """Training rows of the second specs-only calibration sibling: two years staler (≤ 2015)."""
+    """Training rows of the calibration sibling: one year staler (≤ 2021)."""
     calibration: pd.DataFrame
-    score_check: pd.DataFrame
-    """Model year 2017 (after the ≤ 2016 sibling's training): used only to choose the conformal score."""
+    """The newest model year (2022), scored by the sibling: horizon-1 conformal scores."""
     test: pd.DataFrame
+    """The newest model year again: held out from the sibling only (the sibling's honest test year)."""
 
 
-TRAIN_LAST_YEAR = 2017
-CALIBRATION_TRAIN_LAST_YEAR = 2016
-SPECS_CALIBRATION_TRAIN_LAST_YEAR = 2015
-CALIBRATION_YEARS = (2018,)
-TEST_FIRST_YEAR = 2019
+TRAIN_LAST_YEAR = 2022
+CALIBRATION_TRAIN_LAST_YEAR = TRAIN_LAST_YEAR - 1
+CALIBRATION_YEARS = (TRAIN_LAST_YEAR,)
+TEST_FIRST_YEAR = TRAIN_LAST_YEAR
 
 
 def temporal_split(frame: pd.DataFrame) -> TemporalSplit:
-    """Train on 1995–2017, calibrate on 2018 (the year just before test), test on 2019–2020.
+    """Train on 1995–2022; calibrate with the newest year (2022) scored by a sibling fitted on ≤ 2021.
 
-    Horizon-matched calibration: the shipped model (trained ≤ 2017) meets test rows 2–3 model years after its
-    newest training year, and specs-only errors grow with that distance. The conformal scores are therefore
-    measured on 2018 with a sibling trained the same way on ≤ 2016 (2 years after), not with the shipped model
-    (1 year after, which would under-cover the test years). The specs-only table pools those scores with the
-    scores of a sibling trained on ≤ 2015 (3 years after), as the test split holds horizons 2 (2019) and 3
-    (2020). Only the specs-only pattern can use the ≤ 2015 sibling: it never saw the 2016 factor regime, which
-    the physics term of the other patterns needs. 2018 is held out from every model's training.
-    Rows from ``--extra`` always join training (they are feedback; the test split stays comparable).
+    Calibration from the newest years (``co2_backtest``): the served model meets vehicles one or two model
+    years newer than its newest training year, so its conformal scores are horizon-1 scores of the newest
+    year it knows, measured by a sibling that had not seen that year. The rolling-origin backtest replays
+    exactly this rule at origins 2018–2022 and chooses the score; 2022 is therefore the sibling's test year,
+    not the shipped model's (which is fitted on it).
+    Rows from ``--extra`` always join training (they are feedback).
     Outliers are dropped from training only; calibration and test keep them (that is what serving sees).
     """
     year = frame["model_year"]
     extra = frame["source"] == "extra"
     train = frame[((year <= TRAIN_LAST_YEAR) | extra) & ~frame["outlier"]]
-    calibration_train = frame[((year <= CALIBRATION_TRAIN_LAST_YEAR) | extra) & ~frame["outlier"]]
-    specs_calibration_train = frame[((year <= SPECS_CALIBRATION_TRAIN_LAST_YEAR) | extra) & ~frame["outlier"]]
+    calibration_train = frame[(year <= CALIBRATION_TRAIN_LAST_YEAR) & ~extra & ~frame["outlier"]]
     calibration = frame[year.isin(CALIBRATION_YEARS) & ~extra]
-    test = frame[(year >= TEST_FIRST_YEAR) & ~extra]
     return TemporalSplit(
         train=train.reset_index(drop=True),
         calibration_train=calibration_train.reset_index(drop=True),
-        specs_calibration_train=specs_calibration_train.reset_index(drop=True),
         calibration=calibration.reset_index(drop=True),
-        score_check=frame[(year == CALIBRATION_TRAIN_LAST_YEAR + 1) & ~extra].reset_index(drop=True),
-        test=test.reset_index(drop=True),
+        test=calibration.reset_index(drop=True),
     )

@@ -192,6 +192,21 @@ def _category_aliases(name: str, known: set[str]) -> dict[str, str]:
     return {}
 
 
+IN_DISTRIBUTION_QUANTILE = 0.001
+"""Numbers outside the 0.1 %–99.9 % training quantiles are flagged (16 cylinders: 12 training rows of ≈ 29,000)."""
+YEARS_AHEAD = 2
+"""Model years up to two past the newest trained on are the normal use, not flagged by the year alone."""
+
+
+def in_distribution(name: str, values: npt.NDArray[np.float64]) -> dict[str, float]:
+    """The range outside which a value is flagged out_of_distribution (manifest ``in_distribution``)."""
+    arr = values[np.isfinite(values)]
+    if name == "model_year":
+        return {"min": float(arr.min()), "max": float(arr.max()) + YEARS_AHEAD}
+    q = IN_DISTRIBUTION_QUANTILE
+    return {"min": float(np.quantile(arr, q)), "max": float(np.quantile(arr, 1.0 - q))}
+
+
 def build_inputs(frame: pd.DataFrame, columns: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The manifest's ``inputs`` (API contract names), with ranges from the training frame."""
     known: dict[str, list[str]] = {}
@@ -230,6 +245,7 @@ def build_inputs(frame: pd.DataFrame, columns: Sequence[Mapping[str, Any]]) -> l
                     "integer": integer,
                     "plausible": {"min": low, "max": high},
                     "training": training_range(frame[name].to_numpy(dtype=np.float64)),
+                    "in_distribution": in_distribution(name, frame[name].to_numpy(dtype=np.float64)),
                 }
             )
     return specs
