@@ -14,6 +14,7 @@ from tabserve.training.card import (
     bullets,
     markdown_table,
     plot_coverage_by_level,
+    plot_coverage_by_origin,
     plot_predicted_vs_actual,
     plot_residuals,
     write_card,
@@ -28,7 +29,10 @@ PLOTS = (
     Plot("residuals_specs_only.png", "Residuals on 2022 by the sibling fitted ≤ 2021 (specs only)"),
     Plot("predicted_vs_actual.png", "Predicted vs actual, 2022 by the sibling fitted ≤ 2021 (specs only)"),
     Plot("coverage.png", "Conformal interval coverage by level and pattern, 2022 by the sibling fitted ≤ 2021"),
+    Plot("coverage_by_origin.png", "Rolling-origin backtest: 90 % interval coverage by origin and pattern"),
 )
+BACKTEST_PLOT_LEVEL = "0.9"
+BACKTEST_BAND = (0.87, 0.93)
 
 
 def _metrics_rows(block: Mapping[str, Any], patterns: tuple[str, ...]) -> list[list[object]]:
@@ -214,6 +218,16 @@ def write_card_and_plots(
         plot_coverage_by_level(
             out_dir / "coverage.png",
             {PATTERN_NAMES[p]: {float(lv): cov[p][lv]["coverage"] for lv in cov[p]} for p in ALL_PATTERNS[::-1]},
+        )
+        table = metrics["backtest"]["table"]
+        plot_coverage_by_origin(
+            out_dir / "coverage_by_origin.png",
+            {
+                name: {int(origin): table[origin][p][BACKTEST_PLOT_LEVEL]["coverage"] for origin in table}
+                for p, name in PATTERNS.items()
+            },
+            float(BACKTEST_PLOT_LEVEL),
+            BACKTEST_BAND,
         )
     specs = metrics["temporal"]["model"]["000"]
     full = metrics["temporal"]["model"]["111"]
