@@ -29,6 +29,7 @@ from tabserve.api.routes_health import router as health_router
 from tabserve.api.routes_models import router as models_router
 from tabserve.api.routes_oip import router as oip_router
 from tabserve.api.routes_predict import PredictFastPath
+from tabserve.api.routes_web import router as web_router
 from tabserve.api.security_headers import SecurityHeaders, install_docs
 from tabserve.config import Settings
 from tabserve.errors import TabserveError
@@ -116,7 +117,7 @@ def create_app(
     app.add_exception_handler(FastAPIValidationError, problems.fastapi_validation_handler)
     app.add_exception_handler(StarletteHTTPException, problems.http_error_handler)
     app.add_exception_handler(Exception, problems.unexpected_error_handler)
-    for router in (health_router, models_router, admin_router, oip_router):
+    for router in (health_router, models_router, admin_router, oip_router, web_router):
         app.include_router(router)
     install_openapi(app)
     install_docs(app)

@@ -13,8 +13,8 @@ Routes and the scope they need (``route_scope``):
 - predict, feedback and Open Inference Protocol ``infer``: ``predict`` — optional unless ``TABSERVE_REQUIRE_API_KEY``
   (anonymous calls pass; a presented key must still be valid);
 - ``/admin/*`` (reload): ``admin``, and disabled (404) when no admin credential is configured;
-- the operations views (``/models/{name}/drift``, ``/models/{name}/coverage``): ``admin`` once an admin credential
-  is configured, open (for development) before;
+- the operations views (``/models/{name}/drift``, ``/models/{name}/coverage``, ``/operations/summary``): ``admin``
+  once an admin credential is configured, open (for development) before;
 - everything else (probes, metrics, model metadata, docs): no credential.
 
 401 (with ``WWW-Authenticate``): no credential where one is needed, or one matching no key; 403: a valid key
@@ -138,7 +138,7 @@ def route_scope(method: str, path: str) -> tuple[str, str] | None:
             return "predict", "predict"
         if path.startswith("/admin/"):
             return "admin", "admin"
-    elif method == "GET" and action in {"drift", "coverage"}:
+    elif method == "GET" and (action in {"drift", "coverage"} or path == "/operations/summary"):
         return "admin", "operations"
     return None
 

@@ -56,6 +56,7 @@ def version_document(manifest: Manifest, *, serving: bool) -> dict[str, Any]:
             "levels": conformal.levels,
             "default_level": 0.9 if 0.9 in conformal.levels else conformal.levels[0],
             "patterns": conformal.pattern_names,
+            "pattern_inputs": conformal.pattern_inputs,
         },
         "example_request": manifest.example_request,
         "metrics": manifest.metrics,

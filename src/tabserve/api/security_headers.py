@@ -1,6 +1,6 @@
 """Browser-facing hardening of the FastAPI routes: security headers on every response (and a strict Content
-Security Policy on HTML), and the local API page at ``/docs`` that replaces FastAPI's Swagger UI (which loads its
-script and styles from a CDN).
+Security Policy on HTML, the web page's included), and the local API page at ``/docs`` that replaces FastAPI's
+Swagger UI (which loads its script and styles from a CDN).
 
 Installed around the FastAPI app only: the predict fast path (``routes_predict``) answers JSON before it and
 pays nothing. A response that sets its own ``content-security-policy`` (a page with its own rules) keeps it.
@@ -16,10 +16,12 @@ from starlette.responses import HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CSP = (
-    b"default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; "
-    b"base-uri 'none'; form-action 'none'"
+    b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    b"frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
-"""For HTML answers: nothing loaded from elsewhere, no script at all, never framed."""
+"""For HTML answers: scripts, styles, images and fetches from this origin's files only (``/static/*``: no inline
+script or style, no ``eval``, no other origin), never framed, no ``<base>``, no form posted by the browser (the
+web page's form is sent by its script)."""
 ALWAYS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
 HTML_ONLY = [(b"content-security-policy", CSP), (b"x-frame-options", b"DENY")]
 
@@ -63,7 +65,8 @@ def _operations(schema: dict[str, Any]) -> str:
 
 
 def install_docs(app: FastAPI) -> None:
-    """``GET /docs``: every operation of the OpenAPI document on one local page (no script, no CDN)."""
+    """``GET /docs``: every operation of the OpenAPI document on one local page (no script, no CDN; the web page's
+    stylesheet)."""
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
@@ -71,8 +74,9 @@ def install_docs(app: FastAPI) -> None:
         title = html.escape(app.title)
         page = (
             f"<!doctype html><html lang=en><meta charset=utf-8><title>{title} API</title>"
-            "<style>body{font:15px system-ui,sans-serif;margin:2em}td{padding:2px 10px}</style>"
+            '<link rel="icon" href="/static/icon.svg" type="image/svg+xml">'
+            '<link rel="stylesheet" href="/static/web.css"><main class="card">'
             f"<h1>{title} API</h1><p>The full document: <a href=/openapi.json>/openapi.json</a> (OpenAPI "
-            f"{html.escape(str(schema.get('openapi', '')))}).</p><table>{_operations(schema)}</table></html>"
+            f"{html.escape(str(schema.get('openapi', '')))}).</p><table>{_operations(schema)}</table></main></html>"
         )
         return HTMLResponse(page)
