@@ -211,7 +211,7 @@ def test_card_markdown_cannot_inject_html_or_script(make_client: Callable[..., T
     client = make_client(models_dir=root)
     page = client.get("/models/penguins/card").text
     assert "<script>" not in page and "&lt;script&gt;" in page
-    assert "<img src=x" not in page and "href=\"javascript:" not in page and "<a " not in page.split("</nav>")[1]
+    assert "<img src=x" not in page and 'href="javascript:' not in page and "<a " not in page.split("</nav>")[1]
     assert "evil.example" not in page and "<em>[remote]</em>" in page
     assert '<img src="/models/penguins/card/reliability.png" alt="local"' in page
 
