@@ -65,7 +65,8 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = start_server(tmp_path_factory.mktemp("web"), {"TABSERVE_ACCESS_LOG": "false"})
+    env = {"TABSERVE_ACCESS_LOG": "false", "TABSERVE_COVERAGE_REFRESH_S": "1"}
+    server = start_server(tmp_path_factory.mktemp("web"), env)
     yield server
     server.stop()
 
@@ -251,6 +252,16 @@ def _quantile(q: float, buckets: list[tuple[float, float]]) -> float:
     return previous_bound
 
 
+def _feedback(api: httpx.Client, request_id: str, actual: str) -> None:
+    deadline = time.monotonic() + 5.0
+    while True:  # the log writer commits in batches: a just-served row may not be there yet
+        response = api.post("/feedback", json={"request_id": request_id, "actual": actual})
+        if response.status_code != 404 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert response.status_code == 200, response.text
+
+
 def _traffic(server: ServerProcess) -> None:
     with _api(server) as api:
         example = api.get("/models/co2").json()["example_request"]
@@ -258,7 +269,9 @@ def _traffic(server: ServerProcess) -> None:
             assert api.post("/models/co2/predict", json=row).status_code == 200
         penguin = api.get("/models/penguins").json()["example_request"]
         for mass in range(3000, 6000, 250):
-            assert api.post("/models/penguins/predict", json=penguin | {"body_mass_g": mass}).status_code == 200
+            answer = api.post("/models/penguins/predict", json=penguin | {"body_mass_g": mass})
+            assert answer.status_code == 200
+            _feedback(api, answer.json()["request_id"], "Adelie" if mass < 4500 else "Gentoo")
         assert api.post("/models/co2/predict", json=example | {"cylinders": "many"}).status_code == 422
 
 
@@ -267,6 +280,9 @@ def test_operations_view_draws_the_numbers_metrics_exports(page: Any, web_server
     page.goto(web_server.url + "/operations")
     page.select_option("#interval", "2")
     _wait_reads(page, 3)
+    page.wait_for_selector("#coverage-table tbody tr", timeout=20_000)  # the coverage gauges refresh every 1 s
+    reads = page.evaluate("Number(document.documentElement.dataset.reads)")
+    _wait_reads(page, reads + 1)  # one more reading: the gauges no longer move (no new feedback)
     page.evaluate("document.getElementById('pause').click()")  # freeze the page on its last reading
     reads = page.evaluate("Number(document.documentElement.dataset.reads)")
     time.sleep(0.3)
@@ -308,12 +324,25 @@ def test_operations_view_draws_the_numbers_metrics_exports(page: Any, web_server
         "ls => Object.fromEntries(ls.map(l => [l.dataset.class, Number(l.dataset.value)]))"
     )
     assert shown_classes == classes and sum(classes.values()) >= 12
+    assert "rows in the window" in page.inner_text("#drift-note-co2")
     drift = _series(text, "tabserve_drift_psi_score")
     assert drift, "drift gauges exported"
     for labels, value in drift:
         shown = float(page.get_attribute(f"#psi-{labels['model']}-{labels['feature']}", "data-value") or "nan")
         assert shown == pytest.approx(value, rel=1e-12), labels
-    assert "No feedback yet" in page.inner_text("#coverage")
+    samples = {
+        (labels["model"], labels["version"], float(labels["level"]), labels["pattern"]): value
+        for labels, value in _series(text, "tabserve_coverage_samples")
+        if value > 0
+    }
+    covered = {
+        (labels["model"], labels["version"], float(labels["level"]), labels["pattern"]): value
+        for labels, value in _series(text, "tabserve_coverage_covered")
+    }
+    cells = page.locator("#coverage-table tbody tr").evaluate_all("rs => rs.map(r => JSON.parse(r.dataset.cell))")
+    shown = {(c["model"], c["version"], c["level"], c["pattern"]): (c["samples"], c["covered"]) for c in cells}
+    assert shown == {key: (n, covered[key]) for key, n in samples.items()}
+    assert sum(n for n, _ in shown.values()) >= 12, "the 12 answers given feedback, at the level served"
     assert page.inner_text("#now-rate") != "—"
     _shot(page, "web-operations.png")
 

@@ -9,6 +9,7 @@ import json
 import math
 import re
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,7 @@ def test_summary_is_what_metrics_exports(client: TestClient) -> None:
     flat = {(m, f): v for m, features in summary["drift_psi"].items() for f, v in features.items()}
     assert flat == drift and ("co2", "engine_size_l") in flat
     assert [m["name"] for m in summary["models"]] == ["co2", "penguins"]
+    assert summary["drift_window"]["co2"] == {"rows": 4, "min_rows": 500, "status": "insufficient_data"}
     assert summary["coverage"] == []
 
 
@@ -231,3 +233,35 @@ def test_a_tampered_card_or_plot_is_refused(make_client: Callable[..., TestClien
 def test_unknown_model_card_is_404(client: TestClient) -> None:
     assert client.get("/models/nope/card").status_code == 404
     assert client.get("/models/nope/card/x.png").status_code == 404
+
+
+def _feedback(client: TestClient, request_id: str, actual: float | str) -> None:
+    deadline = time.monotonic() + 5.0
+    while True:  # the log writer commits in batches: a just-served row may not be there yet
+        response = client.post("/feedback", json={"request_id": request_id, "actual": actual})
+        if response.status_code != 404 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert response.status_code == 200, response.text
+
+
+def test_summary_coverage_cells_are_the_coverage_gauges(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(coverage_refresh_s=0)
+    example = client.get("/models/penguins").json()["example_request"]
+    for mass in range(3000, 4000, 100):
+        answer = client.post("/models/penguins/predict", json=example | {"body_mass_g": mass}).json()
+        _feedback(client, answer["request_id"], "Adelie" if mass < 3700 else "Gentoo")
+    report = client.get("/models/penguins/coverage").json()  # computes the cells and sets the gauges
+    cells = {(c["version"], c["level"], c["pattern"]): c for c in report["cells"]}
+    summary = _summary(client)["coverage"]
+    assert summary and {(c["version"], c["level"], c["pattern"]) for c in summary} == set(cells)
+    for shown in summary:
+        cell = cells[(shown["version"], shown["level"], shown["pattern"])]
+        assert shown["model"] == "penguins"
+        assert (shown["samples"], shown["covered"], shown["coverage"]) == (
+            cell["samples"],
+            cell["covered"],
+            cell["coverage"],
+        )
+        assert [shown["wilson_lower"], shown["wilson_upper"]] == cell["wilson"]
+        assert [shown["band_lower"], shown["band_upper"]] == cell["band"]

@@ -45,6 +45,7 @@ SUMMARY_SCHEMA: dict[str, Any] = {
         "latency_seconds",
         "predictions",
         "drift_psi",
+        "drift_window",
         "out_of_distribution",
         "coverage",
     ],
@@ -65,6 +66,10 @@ SUMMARY_SCHEMA: dict[str, Any] = {
         },
         "predictions": {"type": "object", "description": "Per model: predicted values' histogram or class counts"},
         "drift_psi": {"type": "object", "description": "Per model and feature: PSI of the drift window"},
+        "drift_window": {
+            "type": "object",
+            "description": "Per model: rows in this worker's drift window, rows needed for a verdict, overall status",
+        },
         "out_of_distribution": {"type": "object"},
         "coverage": {"type": "array", "items": {"type": "object"}, "description": "Realised coverage cells"},
     },
@@ -127,7 +132,10 @@ async def model_card_plot(name: str, file: str, ctx: ContextDep) -> Response:
     response_class=Response,
 )
 async def summary(ctx: ContextDep) -> Response:
+    windows: dict[str, dict[str, Any]] = {}
     for name in ctx.drift.models():  # the PSI gauges as of now (otherwise set every 30 s by the flusher)
-        ctx.drift.report(name, detail=False)
+        report = ctx.drift.report(name, detail=False)
+        windows[name] = {"rows": report["n"], "min_rows": report["min_rows"], "status": report["status"]}
     body, _ = ctx.metrics.render()
-    return Response(orjson.dumps(operations_summary(body.decode("utf-8"))), media_type="application/json")
+    summary = operations_summary(body.decode("utf-8"), drift_windows=windows)
+    return Response(orjson.dumps(summary), media_type="application/json")

@@ -164,8 +164,11 @@ def _models(samples: Mapping[str, list[Sample]]) -> list[dict[str, Any]]:
     ]
 
 
-def operations_summary(exposition: str, now: float | None = None) -> dict[str, Any]:
-    """The summary of one exposition text (``ServiceMetrics.render()``'s body, decoded)."""
+def operations_summary(
+    exposition: str, now: float | None = None, drift_windows: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The summary of one exposition text (``ServiceMetrics.render()``'s body, decoded); ``drift_windows`` (rows in
+    the drift window, rows needed, status per model: not a series) is passed through as ``drift_window``."""
     samples = _samples(exposition)
     rejected = {s.labels["reason"]: s.value for s in samples.get("tabserve_rejected_requests_total", [])}
     in_flight = samples.get("tabserve_in_flight_requests", [])
@@ -178,6 +181,7 @@ def operations_summary(exposition: str, now: float | None = None) -> dict[str, A
         "latency_seconds": _latency(samples),
         "predictions": _predictions(samples),
         "drift_psi": _by_model_feature(samples.get("tabserve_drift_psi_score", [])),
+        "drift_window": {name: dict(window) for name, window in sorted((drift_windows or {}).items())},
         "out_of_distribution": _by_model_feature(samples.get("tabserve_out_of_distribution_total", [])),
         "coverage": _coverage(samples),
     }

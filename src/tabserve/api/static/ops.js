@@ -223,15 +223,21 @@ function histogram(model, cumulative) {
 function drift(cur) {
   const box = byId("drift");
   const parts = Object.entries(cur.drift_psi).map(([model, features]) => {
+    const window = (cur.drift_window || {})[model];
+    const enough = !window || window.rows >= window.min_rows;
     const rows = Object.entries(features).sort((a, b) => b[1] - a[1]).map(([feature, psi]) => {
-      const word = psi >= 0.25 ? "drift" : psi >= 0.1 ? "watch" : "stable";
+      const level = psi >= 0.25 ? "drift" : psi >= 0.1 ? "watch" : "stable";
+      const word = enough ? level : `${level}? (too few rows)`;
       const bar = el("span", { class: "psi-bar", "aria-hidden": "true" });
       bar.style.width = `${Math.min(psi / 0.5, 1) * 6}rem`;
       return el("tr", {}, el("th", { scope: "row" }, feature),
         el("td", { class: "num", id: `psi-${model}-${feature}`, "data-value": psi }, bar, fmt(psi, 3)),
-        el("td", { class: "word-" + word }, word));
+        el("td", { class: enough ? "word-" + level : "" }, word));
     });
-    return el("div", {}, el("h3", {}, model),
+    const note = window
+      ? `${window.rows} rows in the window (this worker)` + (enough ? "." : `; ${window.min_rows} are needed before the PSI is a verdict (small samples read high).`)
+      : "";
+    return el("div", {}, el("h3", {}, model), el("p", { class: "muted", id: "drift-note-" + model }, note),
       el("table", {}, el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Feature"), el("th", { scope: "col", class: "num" }, "PSI"), el("th", { scope: "col" }, "Status"))), el("tbody", {}, rows)));
   });
   box.replaceChildren(...(parts.length ? parts : [el("p", { class: "muted" }, "No drift window yet (it fills with predictions).")]));
@@ -245,7 +251,8 @@ function coverage(cur) {
   }
   const rows = cur.coverage.map((c) => {
     const word = c.wilson_upper < c.band_lower ? "below band" : c.wilson_lower > c.band_upper ? "above band" : "within band";
-    return el("tr", {}, el("td", {}, c.model), el("td", {}, c.version), el("td", { class: "num" }, pct(c.level)), el("td", {}, c.pattern),
+    const cell = { model: c.model, version: c.version, level: c.level, pattern: c.pattern, samples: c.samples, covered: c.covered };
+    return el("tr", { "data-cell": JSON.stringify(cell) }, el("td", {}, c.model), el("td", {}, c.version), el("td", { class: "num" }, pct(c.level)), el("td", {}, c.pattern),
       el("td", { class: "num", "data-value": c.coverage }, pct(c.coverage)), el("td", { class: "num" }, `${pct(c.wilson_lower)} – ${pct(c.wilson_upper)}`),
       el("td", { class: "num" }, `${pct(c.band_lower)} – ${pct(c.band_upper)}`), el("td", { class: "num" }, `${fmt(c.covered, 12)} / ${fmt(c.samples, 12)}`),
       el("td", { class: word === "within band" ? "" : "word-drift" }, word));
