@@ -177,6 +177,7 @@ def test_card_page_renders_markdown_with_its_plots(client: TestClient) -> None:
     for src in plots:
         image = client.get(src)
         assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+        assert "sandbox" in image.headers["content-security-policy"]
         manifest = json.loads((MODELS / "co2" / "2.0.0" / "manifest.json").read_text())
         assert hashlib.sha256(image.content).hexdigest() == manifest["files"][src.rsplit("/", 1)[1]]
 

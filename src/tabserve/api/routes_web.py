@@ -75,6 +75,12 @@ SUMMARY_SCHEMA: dict[str, Any] = {
     },
 }
 
+PLOT_HEADERS = {
+    "cache-control": "no-cache",
+    "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+}
+"""A plot opened on its own (an SVG is a document too) runs nothing and loads nothing."""
+
 router = APIRouter(tags=["operations"])
 
 
@@ -122,7 +128,7 @@ async def model_card(name: str, ctx: ContextDep) -> HTMLResponse:
 @router.get("/models/{name}/card/{file}", include_in_schema=False)
 async def model_card_plot(name: str, file: str, ctx: ContextDep) -> Response:
     data, media = plot(ctx.registry.get(name), file)
-    return Response(data, media_type=media, headers={"cache-control": "no-cache"})
+    return Response(data, media_type=media, headers=PLOT_HEADERS)
 
 
 @router.get(
