@@ -343,6 +343,7 @@ def test_operations_view_draws_the_numbers_metrics_exports(page: Any, web_server
     shown = {(c["model"], c["version"], c["level"], c["pattern"]): (c["samples"], c["covered"]) for c in cells}
     assert shown == {key: (n, covered[key]) for key, n in samples.items()}
     assert sum(n for n, _ in shown.values()) >= 12, "the 12 answers given feedback, at the level served"
+    assert "too few samples" in page.inner_text("#coverage-table"), "12 samples are not judged (200 needed)"
     assert page.inner_text("#now-rate") != "—"
     _shot(page, "web-operations.png")
 

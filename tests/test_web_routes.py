@@ -113,7 +113,7 @@ def test_summary_is_what_metrics_exports(client: TestClient) -> None:
     assert flat == drift and ("co2", "engine_size_l") in flat
     assert [m["name"] for m in summary["models"]] == ["co2", "penguins"]
     assert summary["drift_window"]["co2"] == {"rows": 4, "min_rows": 500, "status": "insufficient_data"}
-    assert summary["coverage"] == []
+    assert summary["coverage"] == [] and summary["coverage_min_samples"] == 200
 
 
 def test_histogram_quantile_follows_prometheus() -> None:

@@ -48,6 +48,7 @@ SUMMARY_SCHEMA: dict[str, Any] = {
         "drift_window",
         "out_of_distribution",
         "coverage",
+        "coverage_min_samples",
     ],
     "properties": {
         "time": {"type": "number", "description": "Unix time of the reading"},
@@ -72,6 +73,10 @@ SUMMARY_SCHEMA: dict[str, Any] = {
         },
         "out_of_distribution": {"type": "object"},
         "coverage": {"type": "array", "items": {"type": "object"}, "description": "Realised coverage cells"},
+        "coverage_min_samples": {
+            "type": ["integer", "null"],
+            "description": "Samples a cell needs before its coverage is judged (null: no prediction log)",
+        },
     },
 }
 
@@ -144,4 +149,5 @@ async def summary(ctx: ContextDep) -> Response:
         windows[name] = {"rows": report["n"], "min_rows": report["min_rows"], "status": report["status"]}
     body, _ = ctx.metrics.render()
     summary = operations_summary(body.decode("utf-8"), drift_windows=windows)
+    summary["coverage_min_samples"] = ctx.coverage.rule.min_samples if ctx.coverage is not None else None
     return Response(orjson.dumps(summary), media_type="application/json")

@@ -250,12 +250,14 @@ function coverage(cur) {
     return;
   }
   const rows = cur.coverage.map((c) => {
-    const word = c.wilson_upper < c.band_lower ? "below band" : c.wilson_lower > c.band_upper ? "above band" : "within band";
+    const few = cur.coverage_min_samples && c.samples < cur.coverage_min_samples;
+    const side = c.wilson_upper < c.band_lower ? "below band" : c.wilson_lower > c.band_upper ? "above band" : "within band";
+    const word = few ? `too few samples (${fmt(c.samples, 12)} of ${cur.coverage_min_samples} needed)` : side;
     const cell = { model: c.model, version: c.version, level: c.level, pattern: c.pattern, samples: c.samples, covered: c.covered };
     return el("tr", { "data-cell": JSON.stringify(cell) }, el("td", {}, c.model), el("td", {}, c.version), el("td", { class: "num" }, pct(c.level)), el("td", {}, c.pattern),
       el("td", { class: "num", "data-value": c.coverage }, pct(c.coverage)), el("td", { class: "num" }, `${pct(c.wilson_lower)} – ${pct(c.wilson_upper)}`),
       el("td", { class: "num" }, `${pct(c.band_lower)} – ${pct(c.band_upper)}`), el("td", { class: "num" }, `${fmt(c.covered, 12)} / ${fmt(c.samples, 12)}`),
-      el("td", { class: word === "within band" ? "" : "word-drift" }, word));
+      el("td", { class: few || side === "within band" ? "" : "word-drift" }, word));
   });
   const head = ["Model", "Version", "Level", "Pattern", "Realised", "Wilson interval", "Band", "Covered / samples", "Status"];
   box.replaceChildren(el("div", { class: "table-wrap", role: "region", tabindex: "0", "aria-label": "Coverage cells (scrolls sideways)" },
