@@ -38,7 +38,9 @@ class Batch:
     Warnings are held as runs (``WarningRun``), unknown-field ones first, then one per input in field order, so
     appending every run's warnings to its rows gives each row's warnings in the single-instance order.
     ``arrays`` holds the numeric columns that have no absent value as float64 arrays, and ``complete`` names
-    every column that has no absent value, so the encoder need not look for them again.
+    every column that has no absent value, so the encoder need not look for them again. ``raw`` holds the inputs
+    as received, as columns (in the first row's field order), when every row had the same fields: the prediction
+    log records them so (``store.columnar``) instead of one object per row.
     """
 
     rows: int
@@ -48,6 +50,7 @@ class Batch:
     patterns: list[str]
     arrays: dict[str, FloatArray]
     complete: frozenset[str]
+    raw: dict[str, list[Any]] | None = None
 
     @property
     def row_warnings(self) -> dict[int, list[InputWarning]]:
@@ -188,6 +191,14 @@ def patterns(names: tuple[str, ...], columns: dict[str, list[Any]], acc: Accumul
             if unknown & set(names):
                 out[i] = "".join("0" if n in unknown else c for n, c in zip(names, out[i], strict=True))
     return out
+
+
+def received_columns(objs: Sequence[Any], transposed: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """The fields the rows of a uniform batch (``uniform_columns`` succeeded) arrived with, as columns, in the first
+    row's order (a batch sent as columns: its columns as they came)."""
+    if type(objs) is ColumnRows:
+        return objs.columns
+    return {name: transposed[name] for name in objs[0]}
 
 
 def uniform_columns(objs: Sequence[Any], names: Sequence[str]) -> dict[str, list[Any]] | None:

@@ -103,6 +103,7 @@ class InstanceValidator:
         acc = Accumulator(len(objs))
         names = [f.name for f in self.fields]
         transposed = columnar.uniform_columns(objs, names)
+        received = None if transposed is None else columnar.received_columns(objs, transposed)
         if transposed is None:  # rows of different shapes: check each row's type and fields first
             unknown_rows: list[int] = []
             unknown_warnings: list[InputWarning] = []
@@ -144,4 +145,4 @@ class InstanceValidator:
         if acc.errors:
             acc.raise_errors()
         patterns = columnar.patterns(self.pattern_inputs, columns, acc)
-        return Batch(acc.rows, columns, acc.runs, acc.ood.tolist(), patterns, arrays, frozenset(complete))
+        return Batch(acc.rows, columns, acc.runs, acc.ood.tolist(), patterns, arrays, frozenset(complete), received)
