@@ -123,7 +123,7 @@ class ColumnEncoder:
 
     def encode_columns(
         self,
-        columns: Mapping[str, Sequence[Any]],
+        columns: Mapping[str, Sequence[Any] | npt.NDArray[np.float64]],
         rows: int,
         arrays: Mapping[str, npt.NDArray[np.float64]] | None = None,
         complete: Container[str] = (),

@@ -9,7 +9,7 @@ arrives as columns (``ColumnRows``: the Open Inference Protocol's tensors) is ta
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, overload
@@ -27,6 +27,8 @@ MAX_ERRORS_KEPT = 1000
 MAX_ERRORS_SHOWN = 100
 
 
+Column = list[Any] | FloatArray
+"""One input's values: a list (None = absent), or a numeric column given complete as a float64 array."""
 WarningRun = tuple[list[int], list[InputWarning]]
 """Warnings of one column (or of unknown fields): the rows they belong to, and the warning of each."""
 
@@ -44,13 +46,13 @@ class Batch:
     """
 
     rows: int
-    columns: dict[str, list[Any]]
+    columns: dict[str, Column]
     runs: list[WarningRun]
     out_of_distribution: list[bool]
     patterns: list[str]
     arrays: dict[str, FloatArray]
     complete: frozenset[str]
-    raw: dict[str, list[Any]] | None = None
+    raw: dict[str, Column] | None = None
 
     @property
     def row_warnings(self) -> dict[int, list[InputWarning]]:
@@ -133,22 +135,32 @@ class Accumulator:
         return column
 
 
-def fast_numbers(checker: NumberField, raw: list[Any], acc: Accumulator) -> tuple[list[float], FloatArray] | None:
+def fast_numbers(checker: NumberField, raw: Column, acc: Accumulator) -> tuple[Column, FloatArray] | None:
     """The column as floats (and as an array) when every value is a plain, finite, plausible number (and whole
-    where it must be); values outside the training range get their out-of-distribution warning. Else None."""
-    kinds = set(map(type, raw))
-    if not kinds or not kinds <= _NUMBER_TYPES:
-        return None
-    try:
-        array = np.array(raw, dtype=np.float64)
-    except OverflowError:
-        return None
+    where it must be); values outside the training range get their out-of-distribution warning. Else None.
+
+    A column that arrives as a float64 array (the file scorer's numeric columns, ``score.convert.numbers``) is
+    checked as it is, and is its own column: the same checks on the same float64 values as a list's."""
+    kinds: set[type]
+    if isinstance(raw, np.ndarray):
+        if not raw.size:
+            return None
+        array = raw
+        kinds = {float}
+    else:
+        kinds = set(map(type, raw))
+        if not kinds or not kinds <= _NUMBER_TYPES:
+            return None
+        try:
+            array = np.array(raw, dtype=np.float64)
+        except OverflowError:
+            return None
     low, high = float(array.min()), float(array.max())
     if not (low >= checker.low and high <= checker.high):  # also false for NaN; ±inf are out of range
         return None  # an error to report field by field
     if checker.integer and not np.array_equal(array, np.trunc(array)):
         return None
-    column: list[float] = raw if kinds == {float} else array.tolist()
+    column: Column = raw if kinds == {float} else array.tolist()
     t_low, t_high = checker.train_low, checker.train_high
     if low < t_low or high > t_high:
         outside = np.flatnonzero((array < t_low) | (array > t_high))
@@ -172,7 +184,7 @@ def fast_categories(checker: CategoryField, raw: list[Any], acc: Accumulator) ->
     return column
 
 
-def patterns(names: tuple[str, ...], columns: dict[str, list[Any]], acc: Accumulator) -> list[str]:
+def patterns(names: tuple[str, ...], columns: Mapping[str, Column], acc: Accumulator) -> list[str]:
     """Conformal pattern per row: an input counts as given when present and not an unknown category (the
     model encodes an unknown category like an absent one, so it must get the same conformal table)."""
     rows = acc.rows
@@ -193,7 +205,7 @@ def patterns(names: tuple[str, ...], columns: dict[str, list[Any]], acc: Accumul
     return out
 
 
-def received_columns(objs: Sequence[Any], transposed: dict[str, list[Any]]) -> dict[str, list[Any]]:
+def received_columns(objs: Sequence[Any], transposed: Mapping[str, Column]) -> dict[str, Column]:
     """The fields the rows of a uniform batch (``uniform_columns`` succeeded) arrived with, as columns, in the first
     row's order (a batch sent as columns: its columns as they came)."""
     if type(objs) is ColumnRows:
@@ -201,7 +213,7 @@ def received_columns(objs: Sequence[Any], transposed: dict[str, list[Any]]) -> d
     return {name: transposed[name] for name in objs[0]}
 
 
-def uniform_columns(objs: Sequence[Any], names: Sequence[str]) -> dict[str, list[Any]] | None:
+def uniform_columns(objs: Sequence[Any], names: Sequence[str]) -> dict[str, Column] | None:
     """Columns of a batch whose rows are all objects with the same keys, every key one of ``names`` (the usual
     batch), in C-level passes; None when the rows differ (then ``columns`` and a row-by-row check apply).
     A field absent from every row is a shared column of ``MISSING``."""
@@ -213,7 +225,7 @@ def uniform_columns(objs: Sequence[Any], names: Sequence[str]) -> dict[str, list
     if not keys or not set(keys) <= set(names) or set(map(len, objs)) != {len(keys)}:
         return None
     n = len(objs)
-    columns: dict[str, list[Any]] = dict.fromkeys(names, [MISSING] * n)  # shared, never mutated
+    columns: dict[str, Column] = dict.fromkeys(names, [MISSING] * n)  # shared, never mutated
     try:  # same size and every key present: the same key set
         for name in keys:
             columns[name] = list(map(itemgetter(name), objs))
@@ -231,8 +243,8 @@ class ColumnRows(Sequence[dict[str, Any]]):
 
     __slots__ = ("_rows", "columns")
 
-    def __init__(self, columns: dict[str, list[Any]], rows: int) -> None:
-        self.columns = columns
+    def __init__(self, columns: Mapping[str, Column], rows: int) -> None:
+        self.columns: dict[str, Column] = dict(columns)
         self._rows = rows
 
     def __len__(self) -> int:
@@ -254,17 +266,17 @@ class ColumnRows(Sequence[dict[str, Any]]):
         for row in zip(*self.columns.values(), strict=True):
             yield dict(zip(names, row, strict=True))
 
-    def uniform(self, names: Sequence[str]) -> dict[str, list[Any]] | None:
+    def uniform(self, names: Sequence[str]) -> dict[str, Column] | None:
         """The columns for ``uniform_columns``: every input, an absent one as a shared column of ``MISSING``;
         None when a column is not an input (the row-by-row checks name it)."""
         if not self._rows or not set(self.columns) <= set(names):
             return None
-        columns: dict[str, list[Any]] = dict.fromkeys(names, [MISSING] * self._rows)  # shared, never mutated
+        columns: dict[str, Column] = dict.fromkeys(names, [MISSING] * self._rows)  # shared, never mutated
         columns.update(self.columns)
         return columns
 
 
-def columns(objs: Sequence[Any], names: Sequence[str]) -> dict[str, list[Any]]:
+def columns(objs: Sequence[Any], names: Sequence[str]) -> dict[str, Column]:
     """Columns of any batch, one ``dict.get`` per cell; absent fields and non-object rows are ``MISSING``."""
     return {name: [o.get(name, MISSING) if type(o) is dict else MISSING for o in objs] for name in names}
 

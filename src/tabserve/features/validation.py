@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from tabserve.errors import FieldError, RequestValidationError
 from tabserve.features import batch as columnar
 from tabserve.features.batch import Accumulator, Batch
@@ -102,7 +104,7 @@ class InstanceValidator:
         """Validate a batch column by column; clean columns take a C-level fast path."""
         acc = Accumulator(len(objs))
         names = [f.name for f in self.fields]
-        transposed = columnar.uniform_columns(objs, names)
+        transposed: dict[str, columnar.Column] | None = columnar.uniform_columns(objs, names)
         received = None if transposed is None else columnar.received_columns(objs, transposed)
         if transposed is None:  # rows of different shapes: check each row's type and fields first
             unknown_rows: list[int] = []
@@ -120,25 +122,25 @@ class InstanceValidator:
             if unknown_rows:  # served, not out of distribution: the run goes first, without OOD flags
                 acc.runs.append((unknown_rows, unknown_warnings))
             transposed = columnar.columns(objs, names)
-        columns: dict[str, list[Any]] = {}
+        columns: dict[str, columnar.Column] = {}
         arrays: dict[str, columnar.FloatArray] = {}
         complete: list[str] = []  # columns with no absent value (every fast-path column)
         for checker in self.fields:
             name = checker.name
-            raw = transposed[name]
-            column: list[Any] | None = None
+            given = transposed[name]
+            column: columnar.Column | None = None
             if acc.skip:
                 pass  # rows that are not objects: every column value by value
             elif isinstance(checker, NumberField):
-                numbers = columnar.fast_numbers(checker, raw, acc)
+                numbers = columnar.fast_numbers(checker, given, acc)  # a float64 array is checked as it is
                 if numbers is not None:
                     column, arrays[name] = numbers
             elif isinstance(checker, CategoryField):
-                column = columnar.fast_categories(checker, raw, acc)
+                column = columnar.fast_categories(checker, _listed(given), acc)
             else:
-                column = checker.fast_column(raw)
+                column = checker.fast_column(_listed(given))
             if column is None:
-                column = acc.check_column(checker, raw, loc)
+                column = acc.check_column(checker, _listed(given), loc)
             else:
                 complete.append(name)
             columns[name] = column
@@ -146,3 +148,8 @@ class InstanceValidator:
             acc.raise_errors()
         patterns = columnar.patterns(self.pattern_inputs, columns, acc)
         return Batch(acc.rows, columns, acc.runs, acc.ood.tolist(), patterns, arrays, frozenset(complete), received)
+
+
+def _listed(column: columnar.Column) -> list[Any]:
+    """A column as a list of request values (the value-by-value checks take lists)."""
+    return column.tolist() if isinstance(column, np.ndarray) else column

@@ -24,7 +24,7 @@ from tabserve.features.fields import NumberField
 from tabserve.registry import ModelRegistry, ServingModel
 from tabserve.score.answers import answer_columns, answer_schema
 from tabserve.score.columns import ColumnPlan, plan
-from tabserve.score.convert import unit_values, values
+from tabserve.score.convert import numbers, unit_values, values
 from tabserve.service import PredictionService
 
 REJECT_FIELDS = [
@@ -81,18 +81,21 @@ class BatchScorer:
         self.rejects_schema = pa.schema([*REJECT_FIELDS, *schema])
         self._checkers = {f.name: f for f in self.model.validator.fields}
 
-    def _columns(self, batch: pa.RecordBatch) -> dict[str, list[Any]]:
-        """The request columns of a batch, keyed by model input."""
-        out: dict[str, list[Any]] = {}
+    def _columns(self, batch: pa.RecordBatch) -> dict[str, Any]:
+        """The request columns of a batch, keyed by model input: a list of request values, or for a numeric
+        column without nulls its float64 array (the validator's fast path takes it as it is)."""
+        out: dict[str, Any] = {}
         for name in self.plan.direct:
-            out[name] = values(batch.column(name), isinstance(self._checkers[name], NumberField))
+            numeric = isinstance(self._checkers[name], NumberField)
+            array = numbers(batch.column(name)) if numeric else None
+            out[name] = array if array is not None else values(batch.column(name), numeric)
         for unit in self.plan.units:
             checker = self._checkers[unit.input]
             if isinstance(checker, NumberField):
                 out[unit.input] = unit_values(batch.column(unit.column), unit, checker)
         return out
 
-    def _answer(self, columns: dict[str, list[Any]], rows: int) -> BatchAnswers:
+    def _answer(self, columns: dict[str, Any], rows: int) -> BatchAnswers:
         result = self.service.predict_instances(
             self.model.name,
             ColumnRows(columns, rows),
@@ -112,6 +115,7 @@ class BatchScorer:
             answers = self._answer(columns, rows)
             kept, rejects = batch, _empty(self.rejects_schema)
         except RequestValidationError:
+            columns = {name: _listed(col) for name, col in columns.items()}  # row by row: request values
             problems = self._problems(columns, rows)
             good = np.array([i for i in range(rows) if i not in problems], dtype=np.int64)
             rejects = self._rejects(batch, problems, first_row)
@@ -149,6 +153,10 @@ class BatchScorer:
             pa.array(reasons, pa.string()),
         ]
         return pa.RecordBatch.from_arrays([*head, *taken.columns], schema=self.rejects_schema)
+
+
+def _listed(column: Any) -> list[Any]:
+    return column.tolist() if isinstance(column, np.ndarray) else list(column)
 
 
 def _empty(schema: pa.Schema) -> pa.RecordBatch:
