@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import orjson
 
 from tabserve.confidence import BatchAnswers, row_warning_dicts
+from tabserve.features.batch import listed
 from tabserve.observability.drift import DriftMonitor
 from tabserve.observability.logging import set_model
 from tabserve.observability.metrics import ServiceMetrics
@@ -90,9 +91,10 @@ def _batch(outcome: Outcome, now: float, latency_ms: float, dumps: Callable[[Any
     if batch is None or result is None:
         raise ValueError("a batch outcome carries its validated batch and its answers")
     raw = batch.raw if batch.raw is not None else list(outcome.raw)
+    inputs = {name: column if type(column) is list else listed(column) for name, column in batch.columns.items()}
     return LogBatch(
         outcome.request_id, now, model.name, model.version, result.rows,
-        dumps(raw).decode(), dumps(batch.columns).decode(), dumps(_answers_document(result, batch.patterns)).decode(),
+        dumps(raw).decode(), dumps(inputs).decode(), dumps(_answers_document(result, batch.patterns)).decode(),
         latency_ms,
     )  # fmt: skip
 

@@ -27,8 +27,51 @@ MAX_ERRORS_KEPT = 1000
 MAX_ERRORS_SHOWN = 100
 
 
-Column = list[Any] | FloatArray
-"""One input's values: a list (None = absent), or a numeric column given complete as a float64 array."""
+CodeArray = npt.NDArray[np.intp]
+
+
+class CodedColumn:
+    """A text column as its distinct values and one code per row (``values[codes[i]]`` is row ``i``'s value).
+
+    A file's categories repeat a lot: the file scorer hands them over so (``score.convert.coded``), and the
+    validator and the encoder look each distinct value up once, then spread the results with numpy. It reads
+    like the list it stands for (``len``, index, iteration, ``tolist``)."""
+
+    __slots__ = ("codes", "values")
+
+    def __init__(self, values: list[Any], codes: CodeArray) -> None:
+        self.values = values
+        self.codes = codes
+
+    def tolist(self) -> list[Any]:
+        table = np.empty(len(self.values), dtype=object)
+        table[:] = self.values
+        out: list[Any] = table[self.codes].tolist()
+        return out
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.values[int(self.codes[index])]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.tolist())
+
+
+Column = list[Any] | FloatArray | CodedColumn
+"""One input's values: a list (None = absent), a numeric column given complete as a float64 array, or a text
+column as distinct values and codes."""
+
+
+def listed(column: Column) -> list[Any]:
+    """A column as the list of values it stands for (the value-by-value checks and JSON take lists)."""
+    if isinstance(column, np.ndarray | CodedColumn):
+        out: list[Any] = column.tolist()
+        return out
+    return column
+
+
 WarningRun = tuple[list[int], list[InputWarning]]
 """Warnings of one column (or of unknown fields): the rows they belong to, and the warning of each."""
 
@@ -147,6 +190,8 @@ def fast_numbers(checker: NumberField, raw: Column, acc: Accumulator) -> tuple[C
             return None
         array = raw
         kinds = {float}
+    elif isinstance(raw, CodedColumn):
+        return None  # text: the checks value by value say what is wrong
     else:
         kinds = set(map(type, raw))
         if not kinds or not kinds <= _NUMBER_TYPES:
@@ -172,16 +217,34 @@ def fast_numbers(checker: NumberField, raw: Column, acc: Accumulator) -> tuple[C
     return column, array
 
 
-def fast_categories(checker: CategoryField, raw: list[Any], acc: Accumulator) -> list[str] | None:
+def fast_categories(checker: CategoryField, raw: Column, acc: Accumulator) -> Column | None:
     """The column in canonical spelling when every value is a non-empty string; unseen values get their
-    unknown-category warning. Else None (slow path: missing values, wrong types)."""
-    looked_up = checker.lookup_column(raw)
+    unknown-category warning. Else None (slow path: missing values, wrong types). A coded column is looked up
+    once per distinct value and stays coded."""
+    if isinstance(raw, CodedColumn):
+        return _fast_coded_categories(checker, raw, acc)
+    looked_up = checker.lookup_column(listed(raw))
     if looked_up is None:
         return None
     column, unknown = looked_up
     acc.warn(unknown, [checker.unknown_warning(raw[i]) for i in unknown])
     acc.complete.add(checker.name)
     return column
+
+
+def _fast_coded_categories(checker: CategoryField, raw: CodedColumn, acc: Accumulator) -> CodedColumn | None:
+    looked_up = checker.lookup_column(raw.values)
+    if looked_up is None:
+        return None
+    canonical, unknown = looked_up
+    if unknown:
+        unseen = np.zeros(len(raw.values), dtype=bool)
+        unseen[unknown] = True
+        rows = np.flatnonzero(unseen[raw.codes])
+        warning_of = {k: checker.unknown_warning(raw.values[k]) for k in unknown}
+        acc.warn(rows.tolist(), list(map(warning_of.__getitem__, raw.codes[rows].tolist())))
+    acc.complete.add(checker.name)
+    return CodedColumn(canonical, raw.codes)
 
 
 def patterns(names: tuple[str, ...], columns: Mapping[str, Column], acc: Accumulator) -> list[str]:
@@ -191,10 +254,10 @@ def patterns(names: tuple[str, ...], columns: Mapping[str, Column], acc: Accumul
     if not names:
         return [""] * rows
     given = acc.complete
-    if not acc.unknown_fields.intersection(names) and not any(
-        name not in given and None in columns[name] for name in names
-    ):
-        return ["1" * len(names)] * rows  # the usual batch: every pattern input given in every row
+    if not acc.unknown_fields.intersection(names):
+        shared = _shared_pattern(names, columns, given)
+        if shared is not None:
+            return [shared] * rows  # the usual batch: each pattern input given in every row, or in none
     flags = [["0" if v is None else "1" for v in columns[name]] for name in names]
     out = ["".join(chars) for chars in zip(*flags, strict=True)]
     if acc.unknown_fields.intersection(names):
@@ -203,6 +266,20 @@ def patterns(names: tuple[str, ...], columns: Mapping[str, Column], acc: Accumul
             if unknown & set(names):
                 out[i] = "".join("0" if n in unknown else c for n, c in zip(names, out[i], strict=True))
     return out
+
+
+def _shared_pattern(names: tuple[str, ...], columns: Mapping[str, Column], given: set[str]) -> str | None:
+    """The pattern of every row when each input is given in every row or absent from every row, else None."""
+    chars: list[str] = []
+    for name in names:
+        column = columns[name]
+        if name in given or None not in column:
+            chars.append("1")
+        elif isinstance(column, list) and column.count(None) == len(column):
+            chars.append("0")
+        else:
+            return None
+    return "".join(chars)
 
 
 def received_columns(objs: Sequence[Any], transposed: Mapping[str, Column]) -> dict[str, Column]:

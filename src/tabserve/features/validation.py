@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from tabserve.errors import FieldError, RequestValidationError
 from tabserve.features import batch as columnar
 from tabserve.features.batch import Accumulator, Batch
@@ -136,11 +134,13 @@ class InstanceValidator:
                 if numbers is not None:
                     column, arrays[name] = numbers
             elif isinstance(checker, CategoryField):
-                column = columnar.fast_categories(checker, _listed(given), acc)
+                column = columnar.fast_categories(checker, given, acc)
+            elif isinstance(given, columnar.CodedColumn):
+                column = given if checker.fast_column(given.values) is not None else None  # each distinct value
             else:
-                column = checker.fast_column(_listed(given))
+                column = checker.fast_column(columnar.listed(given))
             if column is None:
-                column = acc.check_column(checker, _listed(given), loc)
+                column = acc.check_column(checker, columnar.listed(given), loc)
             else:
                 complete.append(name)
             columns[name] = column
@@ -148,8 +148,3 @@ class InstanceValidator:
             acc.raise_errors()
         patterns = columnar.patterns(self.pattern_inputs, columns, acc)
         return Batch(acc.rows, columns, acc.runs, acc.ood.tolist(), patterns, arrays, frozenset(complete), received)
-
-
-def _listed(column: columnar.Column) -> list[Any]:
-    """A column as a list of request values (the value-by-value checks take lists)."""
-    return column.tolist() if isinstance(column, np.ndarray) else column

@@ -33,6 +33,7 @@ from pydantic import TypeAdapter
 if TYPE_CHECKING:
     import numpy.typing as npt
 
+from tabserve.features.batch import CodedColumn, listed
 from tabserve.manifest import CategoryHistogram, Histogram, Manifest, NumericHistogram
 
 EPSILON = 1e-4
@@ -318,7 +319,9 @@ class DriftMonitor:
         if state is not None:
             state.add_row(tuple(map(instance.get, state.reference.names)))
 
-    def add_columns(self, model: str, columns: Mapping[str, Sequence[Any] | npt.NDArray[np.float64]], n: int) -> None:
+    def add_columns(
+        self, model: str, columns: Mapping[str, Sequence[Any] | npt.NDArray[np.float64] | CodedColumn], n: int
+    ) -> None:
         """A batch in column form (``columns[input]`` = one value per row); keeps only the last rows."""
         state = self._models.get(model)
         if state is None or n <= 0:
@@ -351,7 +354,8 @@ def write_drift_report(report: Mapping[str, Any], out_dir: Path) -> tuple[Path, 
     return write(report, out_dir)
 
 
-def _window_part(column: Sequence[Any] | npt.NDArray[np.float64], start: int, n: int) -> Sequence[Any]:
-    """Rows ``start:n`` of a batch column (a numeric column may be a float64 array: its values as floats)."""
-    part = column[start:n]
-    return part.tolist() if isinstance(part, np.ndarray) else part
+def _window_part(column: Sequence[Any] | npt.NDArray[np.float64] | CodedColumn, start: int, n: int) -> Sequence[Any]:
+    """Rows ``start:n`` of a batch column (a float64 array or a coded column: its values as a list)."""
+    if isinstance(column, np.ndarray | CodedColumn):
+        return listed(column)[start:n]
+    return column[start:n]

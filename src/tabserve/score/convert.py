@@ -19,6 +19,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tabserve.features.batch import CodedColumn
 from tabserve.features.fields import NumberField
 from tabserve.features.units import FAMILIES
 from tabserve.score.columns import UnitColumn
@@ -56,6 +57,24 @@ def numbers(array: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.float64] | None
     if not (pa.types.is_floating(kind) or pa.types.is_integer(kind)) or array.null_count:
         return None
     return np.asarray(array.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def coded(array: pa.Array | pa.ChunkedArray) -> CodedColumn | None:
+    """A text column as distinct values and one code per row (an empty cell or a null is None, as in ``values``),
+    else None (not text)."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        return None
+    encoded = pc.dictionary_encode(array)
+    distinct: list[Any] = [None if s == "" else s for s in encoded.dictionary.to_pylist()]
+    indices = encoded.indices
+    if indices.null_count:
+        distinct.append(None)
+        indices = indices.fill_null(len(distinct) - 1)
+    return CodedColumn(distinct, np.asarray(indices.to_numpy(zero_copy_only=False), dtype=np.intp))
 
 
 def _strings(array: pa.Array) -> list[Any]:

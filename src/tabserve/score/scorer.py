@@ -19,12 +19,12 @@ import pyarrow as pa
 
 from tabserve.confidence import BatchAnswers
 from tabserve.errors import FieldError, RequestValidationError
-from tabserve.features.batch import ColumnRows
+from tabserve.features.batch import ColumnRows, listed
 from tabserve.features.fields import NumberField
 from tabserve.registry import ModelRegistry, ServingModel
 from tabserve.score.answers import answer_columns, answer_schema
 from tabserve.score.columns import ColumnPlan, plan
-from tabserve.score.convert import numbers, unit_values, values
+from tabserve.score.convert import coded, numbers, unit_values, values
 from tabserve.service import PredictionService
 
 REJECT_FIELDS = [
@@ -82,13 +82,14 @@ class BatchScorer:
         self._checkers = {f.name: f for f in self.model.validator.fields}
 
     def _columns(self, batch: pa.RecordBatch) -> dict[str, Any]:
-        """The request columns of a batch, keyed by model input: a list of request values, or for a numeric
-        column without nulls its float64 array (the validator's fast path takes it as it is)."""
+        """The request columns of a batch, keyed by model input: a list of request values; a numeric column
+        without nulls as its float64 array, a text column as distinct values and codes (the validator and the
+        encoder take both as they are)."""
         out: dict[str, Any] = {}
         for name in self.plan.direct:
             numeric = isinstance(self._checkers[name], NumberField)
-            array = numbers(batch.column(name)) if numeric else None
-            out[name] = array if array is not None else values(batch.column(name), numeric)
+            column = numbers(batch.column(name)) if numeric else coded(batch.column(name))
+            out[name] = column if column is not None else values(batch.column(name), numeric)
         for unit in self.plan.units:
             checker = self._checkers[unit.input]
             if isinstance(checker, NumberField):
@@ -115,7 +116,7 @@ class BatchScorer:
             answers = self._answer(columns, rows)
             kept, rejects = batch, _empty(self.rejects_schema)
         except RequestValidationError:
-            columns = {name: _listed(col) for name, col in columns.items()}  # row by row: request values
+            columns = {name: listed(col) for name, col in columns.items()}  # row by row: request values
             problems = self._problems(columns, rows)
             good = np.array([i for i in range(rows) if i not in problems], dtype=np.int64)
             rejects = self._rejects(batch, problems, first_row)
@@ -153,10 +154,6 @@ class BatchScorer:
             pa.array(reasons, pa.string()),
         ]
         return pa.RecordBatch.from_arrays([*head, *taken.columns], schema=self.rejects_schema)
-
-
-def _listed(column: Any) -> list[Any]:
-    return column.tolist() if isinstance(column, np.ndarray) else list(column)
 
 
 def _empty(schema: pa.Schema) -> pa.RecordBatch:
