@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import math
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -21,12 +20,12 @@ from contextlib import AbstractContextManager
 from itertools import chain
 from typing import Any
 
-from tabserve.errors import BadRequestError, ConflictError, NotFoundError, StoreError
-from tabserve.store.base import FeedbackResult
-from tabserve.store.batch_queries import BatchQueries, LoggedRow
+from tabserve.errors import StoreError
+from tabserve.store.batch_queries import BatchQueries
 from tabserve.store.columnar import LogBatch, LogEntry
 from tabserve.store.coverage import CoverageQueries
-from tabserve.store.record import LogRow, PredictionRecord, join_value, loads_json, record_row, split_value
+from tabserve.store.feedback import FeedbackQueries
+from tabserve.store.record import LogRow, PredictionRecord, join_value, loads_json, record_row
 
 log = logging.getLogger("tabserve.store")
 
@@ -94,7 +93,7 @@ def _rows_of(cur: Any) -> Iterator[dict[str, Any]]:
             yield _row_dict(row)
 
 
-class SqlStore(BatchQueries, CoverageQueries, ABC):
+class SqlStore(BatchQueries, CoverageQueries, FeedbackQueries, ABC):
     """Shared implementation of ``PredictionStore``; see ``SqliteStore`` and ``PostgresStore``."""
 
     placeholder: str = "?"
@@ -274,73 +273,6 @@ class SqlStore(BatchQueries, CoverageQueries, ABC):
                 "ON CONFLICT (request_id, idx) DO NOTHING"
             )
         return sql
-
-    def attach_feedback(self, request_id: str, index: int | None, actual: float | str) -> FeedbackResult:
-        value, label = split_value(actual)
-        if value is not None and not math.isfinite(value):  # NaN would break idempotency (NaN != NaN)
-            raise BadRequestError("feedback actual must be a finite number or a label")
-
-        def attach(cur: Any) -> FeedbackResult:
-            row = self._logged_row(cur, request_id, index)
-            idx = int(row[0])
-            cur.execute(
-                self._sql(
-                    "INSERT INTO feedback (request_id, idx, actual_value, actual_label, time) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT (request_id, idx) DO NOTHING"
-                ),
-                (request_id, idx, value, label, time.time()),
-            )
-            created = cur.rowcount == 1
-            if created:
-                self._count_served(cur, row[1], row[2], row[5], join_value(value, label))  # type: ignore[arg-type]
-            else:
-                cur.execute(
-                    self._sql("SELECT actual_value, actual_label FROM feedback WHERE request_id = ? AND idx = ?"),
-                    (request_id, idx),
-                )
-                old = join_value(*cur.fetchone())
-                if type(old) is not type(join_value(value, label)) or old != join_value(value, label):
-                    raise ConflictError(
-                        f"request {request_id!r} row {idx} already has a different answer ({old!r}); "
-                        "feedback cannot be changed"
-                    )
-            return FeedbackResult(
-                request_id=request_id,
-                index=idx,
-                actual=actual if isinstance(actual, str) else float(actual),
-                created=created,
-                model=row[1],
-                model_version=row[2],
-                prediction=join_value(row[3], row[4]),
-            )
-
-        result: FeedbackResult = self._run("feedback", attach, write=True)
-        return result
-
-    def _logged_row(self, cur: Any, request_id: str, index: int | None) -> LoggedRow:
-        """The logged row feedback is for, from ``predictions`` or from a logged batch; the domain error else."""
-        cur.execute(
-            self._sql(
-                "SELECT idx, model, model_version, prediction_value, prediction_label, output FROM predictions "
-                "WHERE request_id = ? ORDER BY idx"
-            ),
-            (request_id,),
-        )
-        rows = cur.fetchall()
-        picked: LoggedRow | None
-        if rows:
-            count = len(rows)
-            picked = rows[0] if index is None else next((r for r in rows if int(r[0]) == index), None)
-        else:
-            batch = self._logged_batch_row(cur, request_id, index)
-            if batch is None:
-                raise NotFoundError(f"no logged prediction with request id {request_id!r}")
-            count, picked = batch
-        if index is None and count > 1:
-            raise BadRequestError(f"request {request_id!r} has {count} rows: give the row index")
-        if picked is None:
-            raise NotFoundError(f"request {request_id!r} has no row {index} (it has {count} rows)")
-        return picked
 
     def export(self, since: float | None, model: str | None, labelled_only: bool) -> Iterator[dict[str, Any]]:
         where, params = self._filters(since, model)
