@@ -91,10 +91,17 @@ def test_batch_record_keeps_rows_as_received_when_their_fields_differ(
     example = dict(svc.registry.get("co2").manifest.example_request)
     reordered = dict(reversed(list(example.items())))
     units = {**example, "engine_size_l": {"value": 2500, "unit": "cc"}}
-    svc.predict("co2", {"instances": [example, reordered, units]}, request_id="req-mixed")
+    svc.predict("co2", {"instances": [example, reordered, units]}, request_id="req-same-fields")
     outcome = capture.outcomes[-1]
-    expanded = batch_log_rows(log_batch(outcome))
-    assert [_without_clock(r) for r in expanded] == [_without_clock(r) for r in log_rows(outcome)]
+    batch = log_batch(outcome)
+    assert isinstance(orjson.loads(batch.inputs_raw), dict)  # the same fields in every row: recorded as columns
+    assert [_without_clock(r) for r in batch_log_rows(batch)] == [_without_clock(r) for r in log_rows(outcome)]
+    partial = {k: v for k, v in example.items() if k != "fuel_consumption_city_l_per_100km"}
+    svc.predict("co2", {"instances": [example, partial, units]}, request_id="req-other-fields")
+    outcome = capture.outcomes[-1]
+    batch = log_batch(outcome)
+    assert orjson.loads(batch.inputs_raw) == [example, partial, units]  # rows of different fields: the rows
+    assert [_without_clock(r) for r in batch_log_rows(batch)] == [_without_clock(r) for r in log_rows(outcome)]
     columns = {name: [example[name]] * 2 for name in example}
     svc.predict_instances("co2", ColumnRows(columns, 2), request_id="req-columns")  # the Open Inference Protocol's
     outcome = capture.outcomes[-1]
