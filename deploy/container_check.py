@@ -6,7 +6,8 @@ Sub-commands:
   compare URL MODEL REQUEST EXPECTED [--tol T] POST REQUEST to URL/models/MODEL/predict; every number in the
                                                response must be within T of EXPECTED (a `tabserve predict`
                                                output), every other value equal (request_id ignored)
-  count-rows SQLITE_FILE                       print the rows of the prediction log's `predictions` table
+  count-rows SQLITE_FILE                       print the rows of the prediction log (`predictions` and the rows
+                                               of `prediction_batches`)
 Exit status 0 = check passed, 1 = failed (the reason on stderr).
 """
 
@@ -117,6 +118,10 @@ def count_rows(path: Path) -> int:
         return 1
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
         (rows,) = conn.execute("SELECT COUNT(*) FROM predictions").fetchone()
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "prediction_batches" in tables:  # batch requests, one columnar record each (migration 4)
+            (batched,) = conn.execute("SELECT COALESCE(SUM(rows), 0) FROM prediction_batches").fetchone()
+            rows += batched
     print(rows)
     return 0
 

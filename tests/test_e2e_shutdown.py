@@ -21,6 +21,7 @@ from conftest import start_server
 pytestmark = pytest.mark.e2e
 
 THREADS = 4
+BATCH_ROWS = 50
 STREAM_S = 1.0
 EXIT_WITHIN_S = 10.0
 
@@ -30,9 +31,11 @@ class Outcome:
     returncode: int | None
     exit_seconds: float
     responses: list[tuple[str, int]] = field(default_factory=list)  # (request id, status)
+    batches: list[tuple[str, int]] = field(default_factory=list)  # (request id, status) of the batch requests
     connection_errors: int = 0
     after_signal: int = 0  # responses that arrived after SIGTERM was sent
     log_ids: list[str] = field(default_factory=list)
+    logged_batches: dict[str, int] = field(default_factory=dict)  # request id -> rows (prediction_batches)
     server_log: str = ""
 
 
@@ -66,7 +69,22 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
                     if signalled.is_set():
                         result.after_signal += 1
 
+    def stream_batches() -> None:  # one more client posting 50-row batches (one columnar log record each)
+        body = {"instances": [examples["co2"]] * BATCH_ROWS}
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for n in range(100_000):
+                rid = f"sigterm-batch-{n}"
+                try:
+                    response = client.post("/models/co2/predict", json=body, headers={"X-Request-ID": rid})
+                except httpx.TransportError:
+                    with lock:
+                        result.connection_errors += 1
+                    return
+                with lock:
+                    result.batches.append((rid, response.status_code))
+
     threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(THREADS)]
+    threads.append(threading.Thread(target=stream_batches, daemon=True))
     for thread in threads:
         thread.start()
     time.sleep(STREAM_S)
@@ -86,12 +104,13 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     database = base / "var" / "predictions.sqlite"
     with sqlite3.connect(database) as connection:
         result.log_ids = [row[0] for row in connection.execute("SELECT request_id FROM predictions")]
+        result.logged_batches = dict(connection.execute("SELECT request_id, rows FROM prediction_batches").fetchall())
     return result
 
 
 def test_stream_got_responses_when_sigterm_sent(outcome: Outcome) -> None:
     assert len(outcome.responses) >= 20, outcome
-    assert outcome.connection_errors <= THREADS  # each client stops at its first connection error
+    assert outcome.connection_errors <= THREADS + 1  # each client stops at its first connection error
 
 
 def test_sigterm_exits_zero_when_requests_in_flight(outcome: Outcome) -> None:
@@ -105,8 +124,8 @@ def test_sigterm_stops_process_within_grace_when_requests_in_flight(outcome: Out
 
 
 def test_sigterm_answers_200_to_every_answered_request_when_streaming(outcome: Outcome) -> None:
-    statuses = {status for _, status in outcome.responses}
-    assert statuses == {200}, [r for r in outcome.responses if r[1] != 200][:10]
+    statuses = {status for _, status in outcome.responses + outcome.batches}
+    assert statuses == {200}, [r for r in outcome.responses + outcome.batches if r[1] != 200][:10]
 
 
 def test_prediction_log_holds_every_answered_request_when_sigterm(outcome: Outcome) -> None:
@@ -114,3 +133,10 @@ def test_prediction_log_holds_every_answered_request_when_sigterm(outcome: Outco
     assert len(outcome.log_ids) == len(answered)
     assert sorted(outcome.log_ids) == sorted(answered)
     assert "prediction log flushed" in outcome.server_log
+
+
+def test_prediction_log_holds_every_answered_batch_when_sigterm(outcome: Outcome) -> None:
+    answered = sorted(rid for rid, status in outcome.batches if status == 200)
+    assert answered, outcome.batches
+    assert sorted(outcome.logged_batches) == answered
+    assert set(outcome.logged_batches.values()) == {BATCH_ROWS}

@@ -57,7 +57,7 @@ def test_migrate_is_idempotent_when_run_twice(store: PredictionStore) -> None:
     store.write([record("a")])
     store.migrate()
     assert isinstance(store, SqliteStore | PostgresStore)
-    assert store.schema_version() == 3
+    assert store.schema_version() == 4
     assert store.count() == 1
 
 

@@ -75,7 +75,7 @@ def test_existing_database_migrates_when_created_by_schema_1(tmp_path: Path) -> 
 
     store = SqliteStore(path)
     store.write([record("new")])
-    assert store.schema_version() == 3
+    assert store.schema_version() == 4
     assert indexes(path) == {"sqlite_autoindex_predictions_1", "predictions_model_time"}
     assert pragma(store, "page_size") == 4096  # an existing file keeps its pages
     assert [r["request_id"] for r in store.export(None, "co2", False)] == ["old", "new"]

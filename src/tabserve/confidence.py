@@ -163,6 +163,8 @@ class BatchAnswers:
     runs: list[WarningRun]
     interval: tuple[FloatArray, FloatArray, FloatArray] | None = None
     classified: list[dict[str, Any]] | None = None
+    effective: dict[str, float] | None = None
+    """Adaptive levels only: the effective level served per conformal pattern (rounded to 6 places)."""
     _dicts: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     @property

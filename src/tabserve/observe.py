@@ -2,7 +2,8 @@
 
 ``PredictionObserver`` implements ``service.ServiceHooks``. It does only cheap, bounded work on the request
 path: counters, a deque append, and a non-blocking hand-off of the prediction log's rows (encoded once,
-here) to its writer thread.
+here) to its writer thread. A batch is handed over as one columnar record (``store.columnar.LogBatch``): its
+columns are encoded once each, not once per row.
 """
 
 from __future__ import annotations
@@ -10,14 +11,18 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from itertools import compress
 from typing import Any, Protocol
 
 import orjson
 
+from tabserve.confidence import BatchAnswers, row_warning_dicts
+from tabserve.features.batch import listed
 from tabserve.observability.drift import DriftMonitor
 from tabserve.observability.logging import set_model
 from tabserve.observability.metrics import ServiceMetrics
 from tabserve.service import Outcome
+from tabserve.store.columnar import LogBatch
 from tabserve.store.record import EMPTY_LIST_JSON, LogRow, dumps_json_careful
 
 
@@ -26,6 +31,7 @@ class RecordSink(Protocol):
 
     def submit_rows(self, rows: list[LogRow]) -> None: ...
     def submit_row(self, row: LogRow) -> None: ...
+    def submit_batch(self, batch: LogBatch) -> None: ...
 
 
 class PredictionObserver:
@@ -60,8 +66,69 @@ class PredictionObserver:
         if self.log is not None:
             if outcome.instance is not None:
                 self.log.submit_row(log_row(outcome))
+            elif outcome.batch is not None and outcome.result is not None:
+                self.log.submit_batch(log_batch(outcome))
             else:
                 self.log.submit_rows(log_rows(outcome))
+
+
+def log_batch(outcome: Outcome) -> LogBatch:
+    """A batch's one columnar log record (``store.columnar``), its JSON columns encoded here, once per column.
+
+    The same content as ``log_rows`` (a test expands one and compares it with the other), at a fraction of the
+    cost: no JSON object per row, one queue entry, one statement for the writer.
+    """
+    now = time.time()
+    latency_ms = (time.perf_counter() - outcome.started) * 1000.0
+    try:
+        return _batch(outcome, now, latency_ms, orjson.dumps)
+    except orjson.JSONEncodeError:  # a value plain JSON refuses (non-string key, huge integer): the careful way
+        return _batch(outcome, now, latency_ms, _dumps_careful)
+
+
+def _batch(outcome: Outcome, now: float, latency_ms: float, dumps: Callable[[Any], bytes]) -> LogBatch:
+    batch, result, model = outcome.batch, outcome.result, outcome.model
+    if batch is None or result is None:
+        raise ValueError("a batch outcome carries its validated batch and its answers")
+    raw = batch.raw if batch.raw is not None else list(outcome.raw)
+    inputs = {name: column if type(column) is list else listed(column) for name, column in batch.columns.items()}
+    return LogBatch(
+        outcome.request_id, now, model.name, model.version, result.rows,
+        dumps(raw).decode(), dumps(inputs).decode(), dumps(_answers_document(result, batch.patterns)).decode(),
+        latency_ms,
+    )  # fmt: skip
+
+
+def _answers_document(result: BatchAnswers, patterns: list[str]) -> dict[str, Any]:
+    """A batch's answers as ``store.columnar`` records them (columns; warnings and flags sparse)."""
+    document: dict[str, Any]
+    if result.interval is not None:
+        prediction, lower, upper = result.interval
+        document = {
+            "task": "regression",
+            "prediction": prediction.tolist(),
+            "lower": lower.tolist(),
+            "upper": upper.tolist(),
+            "level": result.level,
+        }
+    else:
+        classified = result.classified or []
+        effective = result.effective
+        document = {
+            "task": "classification",
+            "prediction": [answer["prediction"] for answer in classified],
+            "output": [
+                _served_set(answer, pattern, None if effective is None else effective.get(pattern))
+                for answer, pattern in zip(classified, patterns, strict=True)
+            ],
+        }
+    first = patterns[0] if patterns else ""
+    document["pattern"] = first if patterns.count(first) == len(patterns) else patterns
+    if result.effective is not None:
+        document["effective"] = result.effective
+    document["warnings"] = [[i, w] for i, w in sorted(row_warning_dicts(result.runs).items())]
+    document["ood"] = list(compress(range(result.rows), result.out_of_distribution))
+    return document
 
 
 def log_rows(outcome: Outcome) -> list[LogRow]:
@@ -146,7 +213,7 @@ def _one(
     )  # fmt: skip
 
 
-def _served_set(answer: dict[str, Any], pattern: str) -> dict[str, Any]:
+def _served_set(answer: dict[str, Any], pattern: str, effective: float | None = None) -> dict[str, Any]:
     """A classification row's logged output: what the coverage monitor judges feedback against."""
     served = {
         "probabilities": answer["probabilities"],
@@ -154,7 +221,8 @@ def _served_set(answer: dict[str, Any], pattern: str) -> dict[str, Any]:
         "level": answer["level"],
         "pattern": pattern,
     }
-    effective = answer.get("effective_level")
+    if effective is None:
+        effective = answer.get("effective_level")
     if effective is not None:
         served["effective_level"] = effective
     return served

@@ -25,6 +25,7 @@ import onnxruntime as ort
 
 from tabserve.artifacts import VerifiedModel
 from tabserve.errors import ArtifactError
+from tabserve.features.batch import CodedColumn, listed
 from tabserve.manifest import (
     ColumnSpec,
     IndicatorColumn,
@@ -123,7 +124,7 @@ class ColumnEncoder:
 
     def encode_columns(
         self,
-        columns: Mapping[str, Sequence[Any]],
+        columns: Mapping[str, Sequence[Any] | npt.NDArray[np.float64] | CodedColumn],
         rows: int,
         arrays: Mapping[str, npt.NDArray[np.float64]] | None = None,
         complete: Container[str] = (),
@@ -142,16 +143,33 @@ class ColumnEncoder:
             if array is not None:
                 out[:, j] = array
                 continue
-            values = columns.get(name, absent)
-            out[:, j] = values if name in complete or None not in values else [_NAN if v is None else v for v in values]
+            given_column = columns.get(name, absent)
+            values = listed(given_column) if isinstance(given_column, np.ndarray | CodedColumn) else given_column
+            if name in complete or None not in values:
+                out[:, j] = values
+            elif isinstance(values, list) and values.count(None) == len(values):  # an input left out of every row
+                out[:, j] = _NAN
+            else:
+                out[:, j] = [_NAN if v is None else v for v in values]
         for j, name, codes, unknown, missing in self._ordinal:
-            values = columns.get(name, absent)
+            column = columns.get(name, absent)
+            if isinstance(column, CodedColumn):  # each distinct value looked up once, then spread by code
+                table = [missing if v is None else codes.get(v, unknown) for v in column.values]
+                out[:, j] = np.array(table, dtype=np.float32)[column.codes]
+                continue
+            values = listed(column) if isinstance(column, np.ndarray) else column
             if name not in complete and None in values:
                 out[:, j] = [missing if v is None else codes.get(v, unknown) for v in values]
             else:
                 out[:, j] = np.fromiter(map(codes.get, values, repeat(unknown, rows)), dtype=np.float32, count=rows)
         for name, cols in self._indicator.items():
-            values = columns.get(name, absent)
+            column = columns.get(name, absent)
+            if isinstance(column, CodedColumn):
+                for j, target, missing in cols:
+                    hit = [missing if v is None else (1.0 if v == target else 0.0) for v in column.values]
+                    out[:, j] = np.array(hit, dtype=np.float32)[column.codes]
+                continue
+            values = listed(column) if isinstance(column, np.ndarray) else column
             if name not in complete and None in values:
                 for j, target, missing in cols:
                     out[:, j] = [missing if v is None else (1.0 if v == target else 0.0) for v in values]
@@ -159,8 +177,12 @@ class ColumnEncoder:
                 by_value = self._indicator_index[name]
                 self._set_hits(out, [by_value.get(v, ()) for v in values])
         for name, token_cols in self._token_cols.items():
-            values = columns.get(name, absent)
+            column = columns.get(name, absent)
             hits = self._token_hits
+            if isinstance(column, CodedColumn):
+                self._set_coded_tokens(out, name, token_cols, column)
+                continue
+            values = listed(column) if isinstance(column, np.ndarray) else column
             if name not in complete and None in values:
                 for i, value in enumerate(values):
                     if value is None:
@@ -175,6 +197,27 @@ class ColumnEncoder:
                     found = cached  # type: ignore[assignment]  # no None left
             self._set_hits(out, found)
         return out
+
+    def _set_coded_tokens(
+        self, out: FloatMatrix, name: str, token_cols: list[tuple[int, float]], values: CodedColumn
+    ) -> None:
+        """Token columns of a coded text column: each distinct value's hits found once, set for its rows."""
+        per_value = [() if v is None else self._token_hits(name, v) for v in values.values]
+        codes = values.codes
+        if None in values.values:
+            absent = np.isin(codes, [k for k, v in enumerate(values.values) if v is None])
+            for j, missing in token_cols:
+                out[absent, j] = missing
+        counts = np.fromiter(map(len, per_value), dtype=np.intp, count=len(per_value))
+        lengths = counts[codes]
+        total = int(lengths.sum())
+        if not total:
+            return
+        flat = np.fromiter(chain.from_iterable(per_value), dtype=np.intp, count=int(counts.sum()))
+        first = np.cumsum(counts) - counts  # where each distinct value's hits start in ``flat``
+        row_start = np.cumsum(lengths) - lengths  # where each row's hits start in the output order
+        position = np.repeat(first[codes] - row_start, lengths) + np.arange(total)
+        out[np.repeat(np.arange(len(codes)), lengths), flat[position]] = 1.0
 
     @staticmethod
     def _set_hits(out: FloatMatrix, found: Sequence[tuple[int, ...]]) -> None:

@@ -256,7 +256,9 @@ class PredictionService:
     ) -> BatchResult:
         answers, batch, timings = self._run_many(model, objs, level)
         if self.adaptive is not None:
-            _mark_effective(answers.dicts(), batch.patterns, level, self.adaptive.confidence(model)[1])
+            effective = self.adaptive.confidence(model)[1]
+            answers.effective = {p: round(effective.get((level, p), level), 6) for p in set(batch.patterns)}
+            _mark_effective(answers.dicts(), batch.patterns, level, effective)
         self.hooks.predicted(Outcome(model, request_id, objs, None, timings, started, batch=batch, result=answers))
         if info is not None:
             info.update(model=model.name, rows=answers.rows, timings=timings)

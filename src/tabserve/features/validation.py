@@ -102,7 +102,8 @@ class InstanceValidator:
         """Validate a batch column by column; clean columns take a C-level fast path."""
         acc = Accumulator(len(objs))
         names = [f.name for f in self.fields]
-        transposed = columnar.uniform_columns(objs, names)
+        transposed: dict[str, columnar.Column] | None = columnar.uniform_columns(objs, names)
+        received = None if transposed is None else columnar.received_columns(objs, transposed)
         if transposed is None:  # rows of different shapes: check each row's type and fields first
             unknown_rows: list[int] = []
             unknown_warnings: list[InputWarning] = []
@@ -119,29 +120,31 @@ class InstanceValidator:
             if unknown_rows:  # served, not out of distribution: the run goes first, without OOD flags
                 acc.runs.append((unknown_rows, unknown_warnings))
             transposed = columnar.columns(objs, names)
-        columns: dict[str, list[Any]] = {}
+        columns: dict[str, columnar.Column] = {}
         arrays: dict[str, columnar.FloatArray] = {}
         complete: list[str] = []  # columns with no absent value (every fast-path column)
         for checker in self.fields:
             name = checker.name
-            raw = transposed[name]
-            column: list[Any] | None = None
+            given = transposed[name]
+            column: columnar.Column | None = None
             if acc.skip:
                 pass  # rows that are not objects: every column value by value
             elif isinstance(checker, NumberField):
-                numbers = columnar.fast_numbers(checker, raw, acc)
+                numbers = columnar.fast_numbers(checker, given, acc)  # a float64 array is checked as it is
                 if numbers is not None:
                     column, arrays[name] = numbers
             elif isinstance(checker, CategoryField):
-                column = columnar.fast_categories(checker, raw, acc)
+                column = columnar.fast_categories(checker, given, acc)
+            elif isinstance(given, columnar.CodedColumn):
+                column = given if checker.fast_column(given.values) is not None else None  # each distinct value
             else:
-                column = checker.fast_column(raw)
+                column = checker.fast_column(columnar.listed(given))
             if column is None:
-                column = acc.check_column(checker, raw, loc)
+                column = acc.check_column(checker, columnar.listed(given), loc)
             else:
                 complete.append(name)
             columns[name] = column
         if acc.errors:
             acc.raise_errors()
         patterns = columnar.patterns(self.pattern_inputs, columns, acc)
-        return Batch(acc.rows, columns, acc.runs, acc.ood.tolist(), patterns, arrays, frozenset(complete))
+        return Batch(acc.rows, columns, acc.runs, acc.ood.tolist(), patterns, arrays, frozenset(complete), received)

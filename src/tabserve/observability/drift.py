@@ -25,10 +25,15 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pydantic import TypeAdapter
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+from tabserve.features.batch import CodedColumn, listed
 from tabserve.manifest import CategoryHistogram, Histogram, Manifest, NumericHistogram
 
 EPSILON = 1e-4
@@ -314,7 +319,9 @@ class DriftMonitor:
         if state is not None:
             state.add_row(tuple(map(instance.get, state.reference.names)))
 
-    def add_columns(self, model: str, columns: Mapping[str, Sequence[Any]], n: int) -> None:
+    def add_columns(
+        self, model: str, columns: Mapping[str, Sequence[Any] | npt.NDArray[np.float64] | CodedColumn], n: int
+    ) -> None:
         """A batch in column form (``columns[input]`` = one value per row); keeps only the last rows."""
         state = self._models.get(model)
         if state is None or n <= 0:
@@ -322,7 +329,8 @@ class DriftMonitor:
         start = max(0, n - self.window)
         nones = [None] * (n - start)
         state.add_columns(
-            [columns[name][start:n] if name in columns else nones for name in state.reference.names], n - start
+            [_window_part(columns[name], start, n) if name in columns else nones for name in state.reference.names],
+            n - start,
         )
         state.seen += start  # rows of a batch longer than the window were seen, not kept
 
@@ -344,3 +352,10 @@ def write_drift_report(report: Mapping[str, Any], out_dir: Path) -> tuple[Path, 
     from tabserve.observability.drift_report import write_drift_report as write
 
     return write(report, out_dir)
+
+
+def _window_part(column: Sequence[Any] | npt.NDArray[np.float64] | CodedColumn, start: int, n: int) -> Sequence[Any]:
+    """Rows ``start:n`` of a batch column (a float64 array or a coded column: its values as a list)."""
+    if isinstance(column, np.ndarray | CodedColumn):
+        return listed(column)[start:n]
+    return column[start:n]

@@ -32,30 +32,32 @@ def answer_schema(manifest: Manifest) -> list[pa.Field]:
 
 
 def _warnings(answers: BatchAnswers) -> pa.Array:
+    """Each row's warnings as JSON text: the few distinct texts once, then one code per row (C-level)."""
     rows = answers.rows
     if not answers.runs:
-        return pa.array(np.full(rows, "[]", dtype=object), pa.string())
-    text = np.full(rows, "[]", dtype=object)
+        return pa.repeat("[]", rows)
+    texts: dict[str, int] = {"[]": 0}
+    codes = np.zeros(rows, dtype=np.int32)
     for i, warnings in row_warning_dicts(answers.runs).items():
-        text[i] = json.dumps(warnings, ensure_ascii=False)
-    return pa.array(text, pa.string())
+        codes[i] = texts.setdefault(json.dumps(warnings, ensure_ascii=False), len(texts))
+    dictionary = pa.array(list(texts), pa.string())
+    return pa.DictionaryArray.from_arrays(pa.array(codes), dictionary).cast(pa.string())
 
 
 def answer_columns(model: ServingModel, answers: BatchAnswers) -> list[pa.Array]:
-    """The answer columns of a batch, in ``answer_schema`` order."""
+    """The answer columns of a batch, in ``answer_schema`` order (a value every row shares is repeated in C)."""
     rows = answers.rows
-    constant = pa.array(np.full(rows, model.name, dtype=object), pa.string())
     tail = [
         _warnings(answers),
         pa.array(np.asarray(answers.out_of_distribution, dtype=bool)),
-        constant,
-        pa.array(np.full(rows, model.version, dtype=object), pa.string()),
+        pa.repeat(model.name, rows),
+        pa.repeat(model.version, rows),
     ]
     if answers.interval is not None:
         prediction, lower, upper = answers.interval
         return [
             pa.array(prediction, pa.float64()),
-            pa.array(np.full(rows, answers.unit, dtype=object), pa.string()),
+            pa.repeat(answers.unit, rows),
             pa.array(np.full(rows, answers.level, dtype=np.float64)),
             pa.array(lower, pa.float64()),
             pa.array(upper, pa.float64()),

@@ -15,9 +15,11 @@ import re
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tabserve.features.batch import CodedColumn
 from tabserve.features.fields import NumberField
 from tabserve.features.units import FAMILIES
 from tabserve.score.columns import UnitColumn
@@ -44,6 +46,35 @@ def values(array: pa.Array | pa.ChunkedArray, numeric: bool) -> list[Any]:
         return out
     cells: list[Any] = array.to_pylist()
     return cells
+
+
+def numbers(array: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.float64] | None:
+    """A numeric column without nulls as one float64 array (the values ``values`` would list, as
+    ``InstanceValidator.many`` converts them: the same float64 numbers), else None."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    kind = array.type
+    if not (pa.types.is_floating(kind) or pa.types.is_integer(kind)) or array.null_count:
+        return None
+    return np.asarray(array.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def coded(array: pa.Array | pa.ChunkedArray) -> CodedColumn | None:
+    """A text column as distinct values and one code per row (an empty cell or a null is None, as in ``values``),
+    else None (not text)."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        return None
+    encoded = pc.dictionary_encode(array)
+    distinct: list[Any] = [None if s == "" else s for s in encoded.dictionary.to_pylist()]
+    indices = encoded.indices
+    if indices.null_count:
+        distinct.append(None)
+        indices = indices.fill_null(len(distinct) - 1)
+    return CodedColumn(distinct, np.asarray(indices.to_numpy(zero_copy_only=False), dtype=np.intp))
 
 
 def _strings(array: pa.Array) -> list[Any]:
@@ -76,8 +107,11 @@ def _number(cell: str | None) -> Any:
     return float(text) if _NUMBER.fullmatch(text) else cell
 
 
-def unit_values(array: pa.Array | pa.ChunkedArray, unit: UnitColumn, checker: NumberField) -> list[Any]:
-    """A unit column as canonical numbers where clean, else the request form ``{"value": v, "unit": u}``."""
+def unit_values(
+    array: pa.Array | pa.ChunkedArray, unit: UnitColumn, checker: NumberField
+) -> list[Any] | npt.NDArray[np.float64]:
+    """A unit column as canonical numbers where clean (every value clean: one float64 array), else the request
+    form ``{"value": v, "unit": u}``."""
     raw = values(array, numeric=True)
     family = FAMILIES[checker.unit]
     convert = family.units[unit.unit]
@@ -88,9 +122,9 @@ def unit_values(array: pa.Array | pa.ChunkedArray, unit: UnitColumn, checker: Nu
         clean &= as_float > 0
     with np.errstate(all="ignore"):  # values that are not clean are replaced below
         converted = np.asarray(convert(as_float), dtype=np.float64)  # type: ignore[arg-type]  # works on arrays  # the family's own conversion, vectorised
-    out: list[Any] = converted.tolist()
     if clean.all():
-        return out
+        return converted
+    out: list[Any] = converted.tolist()
     for i in np.flatnonzero(~clean).tolist():
         cell = raw[i]
         out[i] = None if cell is None else {"value": cell, "unit": unit.unit}

@@ -63,9 +63,11 @@ def _init_worker(ref: ModelRef, level: float | None, schema: pa.Schema) -> None:
 
 
 def _score_in_worker(batch: pa.RecordBatch, first_row: int) -> Scored:
+    """The answers only: the parent still holds the batch and puts its input columns back (half the bytes through
+    the pipe on the way back)."""
     if _scorer is None:
         raise RuntimeError("worker not initialised")
-    return _scorer.score(batch, first_row)
+    return _scorer.score_answers(batch, first_row)
 
 
 class _Stop:
@@ -94,19 +96,21 @@ def _scored(options: Options, scorer: BatchScorer, reader: BatchReader, skip: in
     context = get_context("spawn")
     init = (options.model, scorer.level, reader.schema)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=init) as pool:
-        pending: deque[Future[Scored]] = deque()
+        pending: deque[tuple[pa.RecordBatch, Future[Scored]]] = deque()
         try:
             for batch in reader.batches(skip):
                 if stop.requested:
                     break
-                pending.append(pool.submit(_score_in_worker, batch, first))
+                pending.append((batch, pool.submit(_score_in_worker, batch, first)))
                 first += batch.num_rows
                 while len(pending) >= 2 * workers and not stop.requested:
-                    yield pending.popleft().result()
+                    done, future = pending.popleft()
+                    yield scorer.with_inputs(done, future.result())
             while pending and not stop.requested:
-                yield pending.popleft().result()
+                done, future = pending.popleft()
+                yield scorer.with_inputs(done, future.result())
         finally:
-            for future in pending:
+            for _, future in pending:
                 future.cancel()
 
 

@@ -15,16 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
 from tabserve.confidence import BatchAnswers
 from tabserve.errors import FieldError, RequestValidationError
-from tabserve.features.batch import ColumnRows
+from tabserve.features.batch import ColumnRows, listed
 from tabserve.features.fields import NumberField
 from tabserve.registry import ModelRegistry, ServingModel
 from tabserve.score.answers import answer_columns, answer_schema
 from tabserve.score.columns import ColumnPlan, plan
-from tabserve.score.convert import unit_values, values
+from tabserve.score.convert import coded, numbers, unit_values, values
 from tabserve.service import PredictionService
 
 REJECT_FIELDS = [
@@ -55,12 +56,17 @@ class ModelRef:
 
 @dataclass(slots=True)
 class Scored:
-    """One batch's outcome: the scored rows (input columns + answers), the rejects, and counts."""
+    """One batch's outcome: the scored rows (input columns + answers), the rejects, and counts.
+
+    From ``score_answers`` (what a worker process sends back), ``output`` holds the answer columns only and
+    ``kept`` the rows of the batch they belong to (None: every row); ``with_inputs`` puts the input columns back.
+    """
 
     output: pa.RecordBatch
     rejects: pa.RecordBatch
     warned: int
     out_of_distribution: int
+    kept: npt.NDArray[np.int64] | None = None
 
 
 class BatchScorer:
@@ -77,22 +83,27 @@ class BatchScorer:
         self.level = self.model.confidence.resolve_level(level)
         self.plan: ColumnPlan = plan(self.model.manifest, schema.names)
         self.schema = schema
-        self.output_schema = pa.schema([*schema, *answer_schema(self.model.manifest)])
+        self.answers_schema = pa.schema(answer_schema(self.model.manifest))
+        self.output_schema = pa.schema([*schema, *self.answers_schema])
         self.rejects_schema = pa.schema([*REJECT_FIELDS, *schema])
         self._checkers = {f.name: f for f in self.model.validator.fields}
 
-    def _columns(self, batch: pa.RecordBatch) -> dict[str, list[Any]]:
-        """The request columns of a batch, keyed by model input."""
-        out: dict[str, list[Any]] = {}
+    def _columns(self, batch: pa.RecordBatch) -> dict[str, Any]:
+        """The request columns of a batch, keyed by model input: a list of request values; a numeric column
+        without nulls as its float64 array, a text column as distinct values and codes (the validator and the
+        encoder take both as they are)."""
+        out: dict[str, Any] = {}
         for name in self.plan.direct:
-            out[name] = values(batch.column(name), isinstance(self._checkers[name], NumberField))
+            numeric = isinstance(self._checkers[name], NumberField)
+            column = numbers(batch.column(name)) if numeric else coded(batch.column(name))
+            out[name] = column if column is not None else values(batch.column(name), numeric)
         for unit in self.plan.units:
             checker = self._checkers[unit.input]
             if isinstance(checker, NumberField):
                 out[unit.input] = unit_values(batch.column(unit.column), unit, checker)
         return out
 
-    def _answer(self, columns: dict[str, list[Any]], rows: int) -> BatchAnswers:
+    def _answer(self, columns: dict[str, Any], rows: int) -> BatchAnswers:
         result = self.service.predict_instances(
             self.model.name,
             ColumnRows(columns, rows),
@@ -104,27 +115,37 @@ class BatchScorer:
 
     def score(self, batch: pa.RecordBatch, first_row: int) -> Scored:
         """Score a batch whose first row is the file's data row ``first_row`` (0-based; rejects say 1-based)."""
+        return self.with_inputs(batch, self.score_answers(batch, first_row))
+
+    def score_answers(self, batch: pa.RecordBatch, first_row: int) -> Scored:
+        """``score`` without the input columns in ``output`` (a worker sends back only what it computed)."""
         rows = batch.num_rows
         if rows == 0:
-            return Scored(_empty(self.output_schema), _empty(self.rejects_schema), 0, 0)
+            return Scored(_empty(self.answers_schema), _empty(self.rejects_schema), 0, 0)
         columns = self._columns(batch)
+        good: npt.NDArray[np.int64] | None = None
         try:
             answers = self._answer(columns, rows)
-            kept, rejects = batch, _empty(self.rejects_schema)
+            rejects = _empty(self.rejects_schema)
         except RequestValidationError:
+            columns = {name: listed(col) for name, col in columns.items()}  # row by row: request values
             problems = self._problems(columns, rows)
             good = np.array([i for i in range(rows) if i not in problems], dtype=np.int64)
             rejects = self._rejects(batch, problems, first_row)
-            kept = batch.take(pa.array(good))
             if len(good) == 0:
-                return Scored(_empty(self.output_schema), rejects, 0, 0)
+                return Scored(_empty(self.answers_schema), rejects, 0, 0, good)
             keep = good.tolist()
             subset = {name: [col[i] for i in keep] for name, col in columns.items()}
             answers = self._answer(subset, len(good))
-        answered = answer_columns(self.model, answers)
-        output = pa.RecordBatch.from_arrays([*kept.columns, *answered], schema=self.output_schema)
+        output = pa.RecordBatch.from_arrays(answer_columns(self.model, answers), schema=self.answers_schema)
         warned = len({i for run_rows, _ in answers.runs for i in run_rows})
-        return Scored(output, rejects, warned, int(np.count_nonzero(answers.out_of_distribution)))
+        return Scored(output, rejects, warned, int(np.count_nonzero(answers.out_of_distribution)), good)
+
+    def with_inputs(self, batch: pa.RecordBatch, scored: Scored) -> Scored:
+        """``scored`` (from ``score_answers`` of ``batch``) with the kept rows' input columns before its answers."""
+        kept = batch if scored.kept is None else batch.take(pa.array(scored.kept, pa.int64()))
+        output = pa.RecordBatch.from_arrays([*kept.columns, *scored.output.columns], schema=self.output_schema)
+        return Scored(output, scored.rejects, scored.warned, scored.out_of_distribution)
 
     def _problems(self, columns: dict[str, list[Any]], rows: int) -> dict[int, list[FieldError]]:
         """Every invalid row's problems, from the single-instance checks (the same checks, row by row)."""

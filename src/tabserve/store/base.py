@@ -11,8 +11,9 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl
 
 from tabserve.errors import StoreError
+from tabserve.store.columnar import LogEntry
 from tabserve.store.coverage import ServedKey, WindowRow
-from tabserve.store.record import LogRow, PredictionRecord
+from tabserve.store.record import PredictionRecord
 
 DEFAULT_SQLITE_FILE = "predictions.sqlite"
 
@@ -56,8 +57,9 @@ class PredictionStore(Protocol):
     def write(self, records: Sequence[PredictionRecord]) -> None:
         """Insert the records in one transaction; a ``(request_id, index)`` already present is skipped."""
 
-    def write_rows(self, rows: Sequence[LogRow]) -> None:
-        """``write`` for rows already encoded (``record.record_row``): what the log's writer thread calls."""
+    def write_rows(self, rows: Sequence[LogEntry]) -> None:
+        """``write`` for rows already encoded (``record.record_row``) and batches (``columnar.LogBatch``): what
+        the log's writer thread calls. A batch whose request id is already logged is skipped."""
 
     def attach_feedback(self, request_id: str, index: int | None, actual: float | str) -> FeedbackResult:
         """Record the true answer. ``index=None`` means the request's only row.

@@ -111,6 +111,9 @@ class CoverageQueries:
     @abstractmethod
     def _sql(self, text: str) -> str: ...
 
+    @abstractmethod
+    def _batch_window(self, cur: Any, model: str, since: float, limit: int) -> list[WindowRow]: ...
+
     def labelled_window(self, model: str, since: float, limit: int) -> list[WindowRow]:
         """Served outputs of ``model`` joined with feedback received at ``since`` or later, newest feedback
         first, at most ``limit`` rows."""
@@ -118,7 +121,10 @@ class CoverageQueries:
 
         def read(cur: Any) -> list[WindowRow]:
             cur.execute(sql, (model, float(since), max(0, int(limit))))
-            return [(str(r[0]), r[1], r[2], r[3], float(r[4])) for r in cur.fetchall()]
+            rows: list[WindowRow] = [(str(r[0]), r[1], r[2], r[3], float(r[4])) for r in cur.fetchall()]
+            rows += self._batch_window(cur, model, since, limit)
+            rows.sort(key=lambda row: row[4], reverse=True)
+            return rows[: max(0, int(limit))]
 
         rows: list[WindowRow] = self._run("labelled_window", read, write=False)
         return rows

@@ -8,7 +8,8 @@ new batches. While anything is spilled, new batches are spilled behind it, so th
 A full queue makes ``submit`` wait for the writer (at most ``max_wait_s``) while the database is
 healthy, and write straight to the spill otherwise; a spill that cannot be written is a loud error plus
 the ``spill_failed`` metric, never a silent drop. A spill left by an earlier process is
-replayed by the writer as soon as it starts.
+replayed by the writer as soon as it starts. A batch request is one entry (``store.columnar.LogBatch``) all the
+way (queue, database, spill), counted as its rows wherever rows are counted.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Protocol
 
 from tabserve.errors import NotFoundError, OverloadedError, StoreError
 from tabserve.store.base import FeedbackResult, PredictionStore
+from tabserve.store.columnar import LogBatch, LogEntry, count_rows, entry_request_id, entry_rows
 from tabserve.store.record import LogRow, PredictionRecord, record_row
 from tabserve.store.spill import SpillFile
 from tabserve.store.sql import RecordRejectedError
@@ -99,8 +101,8 @@ class PredictionLog:
         self.probe_max_s = probe_max_s
         self.max_wait_s = max_wait_s
         """How long ``submit`` waits for room when the queue is full but the database is healthy."""
-        self._queue: deque[list[LogRow] | LogRow] = deque()
-        """One entry per hand-over (a request's rows, or its only row); ``_queued`` counts the rows."""
+        self._queue: deque[list[LogRow] | LogEntry] = deque()
+        """One entry per hand-over (a request's rows, its only row, or its batch); ``_queued`` counts the rows."""
         self._queued = 0
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)  # a plain Lock: the request path enters it directly
@@ -111,7 +113,7 @@ class PredictionLog:
         self._flush_wanted = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._in_hand: list[LogRow] = []
+        self._in_hand: list[LogEntry] = []
         self._db_ok = True
         self._stalled_at: int | None = None
         """``_handled`` when a wait for room last timed out: no more waiting until the writer gets further."""
@@ -140,10 +142,12 @@ class PredictionLog:
         flushed = self.flush(timeout_s * 0.7)
         with self._cond:
             self._stopping.set()
-            leftovers = [row for entry in self._queue for row in (entry if isinstance(entry, list) else (entry,))]
+            leftovers: list[LogEntry] = [
+                row for entry in self._queue for row in (entry if isinstance(entry, list) else (entry,))
+            ]
             self._queue.clear()
             self._queued = 0
-            self._handled += len(leftovers)
+            self._handled += count_rows(leftovers)
             if not flushed:
                 leftovers = self._in_hand + leftovers  # the writer may be stuck on the DB: spill its batch too
             self._cond.notify_all()
@@ -177,7 +181,11 @@ class PredictionLog:
         """``submit_rows([row])`` without the list (one tracked object less per request for the GC to count)."""
         self._hand_over(row, 1)
 
-    def _hand_over(self, entry: list[LogRow] | LogRow, n: int) -> None:
+    def submit_batch(self, batch: LogBatch) -> None:
+        """A batch request's rows as one columnar record (``store.columnar``): one entry, counted as its rows."""
+        self._hand_over(batch, batch.rows)
+
+    def _hand_over(self, entry: list[LogRow] | LogEntry, n: int) -> None:
         with self._lock:
             if self._stopping.is_set():
                 pass
@@ -189,7 +197,8 @@ class PredictionLog:
                     self._woken = True
                     self._cond.notify()
                 return
-        self._spill_or_fail(entry if isinstance(entry, list) else [entry])
+        records: list[LogEntry] = list(entry) if isinstance(entry, list) else [entry]
+        self._spill_or_fail(records)
 
     def _wait_for_room(self, n: int) -> bool:
         """Queue full: if the database is healthy the writer is only behind (it shares the core and the GIL
@@ -267,15 +276,18 @@ class PredictionLog:
                     self._cond.wait(remaining)
                 if self._stopping.is_set():
                     return
-                batch: list[LogRow] = []
+                batch: list[LogEntry] = []
+                taken = 0
                 queue = self._queue
-                while queue and len(batch) < self.batch_size:  # whole entries: a batch may exceed batch_size
+                while queue and taken < self.batch_size:  # whole entries: a batch may exceed batch_size
                     entry = queue.popleft()
                     if isinstance(entry, list):
                         batch += entry
+                        taken += len(entry)
                     else:
                         batch.append(entry)
-                self._queued -= len(batch)
+                        taken += entry_rows(entry)
+                self._queued -= taken
                 self._woken = False
                 self._in_hand = batch
                 depth = self._queued
@@ -290,55 +302,59 @@ class PredictionLog:
                     self._spill_or_fail(batch)
             with self._cond:
                 self._in_hand = []
-                self._handled += len(batch)
+                self._handled += taken
                 if self._handled >= self._accepted:
                     self._flush_wanted = False
                 self._cond.notify_all()
 
-    def _handle(self, batch: list[LogRow]) -> None:
+    def _handle(self, batch: list[LogEntry]) -> None:
         if self._db_ok and not self.spill.pending:
             if self._write_with_retry(batch):
-                self.observer.written(len(batch))
+                self.observer.written(count_rows(batch))
                 return
             self._db_ok = False
             self._schedule_probe(grow=False)
         self._spill_or_fail(batch)
 
-    def _write(self, batch: list[LogRow]) -> None:
+    def _write(self, batch: list[LogEntry]) -> None:
         """Write a batch; a record the database refuses (not: cannot take now) goes to the rejects file,
         so one bad value never blocks the log. Raises ``StoreError`` when the database is failing."""
         try:
             self.backend.write_rows(batch)
         except RecordRejectedError:
-            rejected: list[LogRow] = []
+            rejected: list[LogEntry] = []
             for row in batch:
                 try:
                     self.backend.write_rows([row])
                 except RecordRejectedError as exc:
-                    log.error("prediction log: the database rejects request %s row %s: %s", row[0], row[1], exc)
+                    where = f"batch of {row.rows} rows" if type(row) is LogBatch else f"row {row[1]}"  # type: ignore[index]
+                    rid = entry_request_id(row)
+                    log.error("prediction log: the database rejects request %s %s: %s", rid, where, exc)
                     rejected.append(row)
             if rejected:
                 self._reject(rejected)
 
-    def _reject(self, records: list[LogRow]) -> None:
+    def _reject(self, records: list[LogEntry]) -> None:
+        rows = count_rows(records)
         try:
             self.rejects.append(records)
         except StoreError as exc:
-            log.error("PREDICTION LOG DATA LOSS: %d rejected records could not be saved: %s", len(records), exc)
-            self.observer.spill_failed(len(records))
+            log.error("PREDICTION LOG DATA LOSS: %d rejected records could not be saved: %s", rows, exc)
+            self.observer.spill_failed(rows)
             return
-        log.error("prediction log: %d rejected records saved to %s for inspection", len(records), self.rejects.path)
+        log.error("prediction log: %d rejected records saved to %s for inspection", rows, self.rejects.path)
         counter = getattr(self.observer, "rejected", None)
         if callable(counter):
-            counter(len(records))
+            counter(rows)
 
-    def _write_with_retry(self, batch: list[LogRow]) -> bool:
+    def _write_with_retry(self, batch: list[LogEntry]) -> bool:
         for attempt in range(len(self.retry_delays_s) + 1):
             try:
                 self._write(batch)
             except StoreError as exc:
                 if attempt == len(self.retry_delays_s) or self._stopping.is_set():
-                    log.warning("prediction log: database write failed, spilling %d records: %s", len(batch), exc)
+                    rows = count_rows(batch)
+                    log.warning("prediction log: database write failed, spilling %d records: %s", rows, exc)
                     return False
                 self._stopping.wait(self.retry_delays_s[attempt])
             else:
@@ -359,7 +375,7 @@ class PredictionLog:
                 replayed = 0
                 for chunk in self.spill.read(path, self.batch_size):
                     self._write(chunk)
-                    replayed += len(chunk)
+                    replayed += count_rows(chunk)
                 self.spill.finish_replay(path, replayed)
                 self.observer.replayed(replayed)
                 log.info("prediction log: replayed %d spilled records from %s", replayed, path)
@@ -394,18 +410,19 @@ class PredictionLog:
                     return
                 self._cond.wait(remaining)
 
-    def _spill_or_fail(self, records: list[LogRow]) -> bool:
+    def _spill_or_fail(self, records: list[LogEntry]) -> bool:
+        rows = count_rows(records)
         try:
             self.spill.append(records)
         except Exception as exc:  # whatever the cause: loud, and the writer must live
             log.error(
                 "PREDICTION LOG DATA LOSS: %d records could neither be written to the database nor spilled "
                 "(first request id %s): %s",
-                len(records),
-                records[0][0],
+                rows,
+                entry_request_id(records[0]),
                 exc,
             )
-            self.observer.spill_failed(len(records))
+            self.observer.spill_failed(rows)
             return False
-        self.observer.spilled(len(records))
+        self.observer.spilled(rows)
         return True

@@ -17,9 +17,21 @@ import psycopg
 from psycopg import conninfo, sql
 
 from tabserve.errors import StoreError
+from tabserve.store.batch_queries import BATCHES_DDL_POSTGRES, BATCHES_INDEX
+from tabserve.store.columnar import LogBatch
 from tabserve.store.coverage import COUNTS_DDL, FEEDBACK_TIME_INDEX
 from tabserve.store.record import LogRow
 from tabserve.store.sql import PREDICTION_COLUMNS, Migration, SqlStore
+
+_DROP_FEEDBACK_FOREIGN_KEYS = """DO $$
+DECLARE constraint_name text;
+BEGIN
+    FOR constraint_name IN
+        SELECT conname FROM pg_constraint WHERE conrelid = 'feedback'::regclass AND contype = 'f'
+    LOOP
+        EXECUTE format('ALTER TABLE feedback DROP CONSTRAINT %I', constraint_name);
+    END LOOP;
+END $$"""
 
 MIGRATIONS: tuple[Migration, ...] = (
     (
@@ -56,6 +68,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # Coverage monitoring (version 3 as in SQLite, whose 2 only dropped an index this schema still has).
     (3, (FEEDBACK_TIME_INDEX, COUNTS_DDL)),
+    # Batch requests as one columnar record each (store/columnar.py); feedback may be for a row of a batch, so its
+    # foreign key to predictions is dropped (whatever PostgreSQL named it). Retention deletes feedback itself.
+    (4, (BATCHES_DDL_POSTGRES, BATCHES_INDEX, _DROP_FEEDBACK_FOREIGN_KEYS)),
 )
 _MIGRATION_LOCK = 7_402_611_913  # pg_advisory_xact_lock key: "tabserve migrations"
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -138,14 +153,17 @@ class PostgresStore(SqlStore):
             "ON CONFLICT (request_id, idx) DO NOTHING"
         )
 
+    def _batch_params(self, batch: LogBatch) -> tuple[Any, ...]:
+        return _without_nul(batch.params())
+
     def _lock_migrations(self, cur: Any) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
         if self.schema:
             cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
 
-    def _stream_cursor(self, conn: Any) -> Any:
+    def _stream_cursor(self, conn: Any, name: str = "tabserve_export") -> Any:
         # a server-side cursor: rows arrive in fetchmany() chunks instead of all at once
-        return conn.cursor(name="tabserve_export")
+        return conn.cursor(name=name)
 
     def drop_schema(self) -> None:
         """Drop this store's schema and everything in it (tests; never the default schema)."""

@@ -26,7 +26,8 @@ from typing import IO
 import orjson
 
 from tabserve.errors import StoreError
-from tabserve.store.record import LogRow, PredictionRecord, record_row, row_line
+from tabserve.store.columnar import LogBatch, LogEntry, batch_line, entry_from_json, entry_rows
+from tabserve.store.record import row_line
 
 log = logging.getLogger("tabserve.store")
 REPLAYING_SUFFIX = ".replaying"
@@ -63,7 +64,9 @@ class SpillFile:
             self._lock_file = handle
             self.path = path
             self._repair_tail(path)
-            self._pending = sum(1 for _ in self._iter_file(self.replaying_path)) + sum(1 for _ in self._iter_file(path))
+            self._pending = sum(map(entry_rows, self._iter_file(self.replaying_path))) + sum(
+                map(entry_rows, self._iter_file(path))
+            )
             return
         raise StoreError(f"no free spill slot next to {base} ({MAX_SLOTS} processes hold one)")
 
@@ -83,11 +86,11 @@ class SpillFile:
         return self._pending
 
     # -- writing -----------------------------------------------------------------------------------------
-    def append(self, records: Sequence[LogRow]) -> None:
+    def append(self, records: Sequence[LogEntry]) -> None:
         """Append and fsync; raises ``StoreError`` if the records could not be made durable."""
         if not records:
             return
-        data = b"".join([row_line(r) for r in records])
+        data = b"".join([batch_line(r) if type(r) is LogBatch else row_line(r) for r in records])  # type: ignore[arg-type]
         with self._lock:
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -106,7 +109,7 @@ class SpillFile:
                     os.close(fd)
             except OSError as exc:
                 raise StoreError(f"cannot write {len(records)} records to the spill file {self.path}: {exc}") from exc
-            self._pending += len(records)
+            self._pending += sum(map(entry_rows, records))
 
     # -- replay ------------------------------------------------------------------------------------------
     def take_for_replay(self) -> Path | None:
@@ -123,14 +126,16 @@ class SpillFile:
                 raise StoreError(f"cannot rotate the spill file {self.path}: {exc}") from exc
             return self.replaying_path
 
-    def read(self, path: Path, chunk: int) -> Iterator[list[LogRow]]:
-        """The records of ``path`` in order (as rows), in lists of at most ``chunk``."""
-        batch: list[LogRow] = []
-        for record in self._iter_file(path):
-            batch.append(record_row(record))
-            if len(batch) >= chunk:
+    def read(self, path: Path, chunk: int) -> Iterator[list[LogEntry]]:
+        """The records of ``path`` in order (rows, and batches of rows), in lists of about ``chunk`` rows."""
+        batch: list[LogEntry] = []
+        rows = 0
+        for entry in self._iter_file(path):
+            batch.append(entry)
+            rows += entry_rows(entry)
+            if rows >= chunk:
                 yield batch
-                batch = []
+                batch, rows = [], 0
         if batch:
             yield batch
 
@@ -146,7 +151,7 @@ class SpillFile:
 
     # -- helpers -----------------------------------------------------------------------------------------
     @staticmethod
-    def _iter_file(path: Path) -> Iterator[PredictionRecord]:
+    def _iter_file(path: Path) -> Iterator[LogEntry]:
         try:
             handle = path.open("rb")
         except FileNotFoundError:
@@ -161,7 +166,7 @@ class SpillFile:
                 if not line.strip():
                     continue
                 try:
-                    yield PredictionRecord.from_dict(orjson.loads(line))
+                    yield entry_from_json(orjson.loads(line))
                 except (orjson.JSONDecodeError, StoreError) as exc:
                     log.error("spill file %s line %d is not a record, skipped: %s", path, number, exc)
 

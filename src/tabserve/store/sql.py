@@ -2,15 +2,16 @@
 
 Backends supply connections, the placeholder style, the migrations and which exceptions mean "the
 database failed"; everything else (insert-or-ignore, feedback rules, export join, retention) lives here so
-both behave identically. Each thread gets its own connection; a connection that failed is dropped and the
+both behave identically (a batch request, logged as one columnar record in ``prediction_batches``, is read row by
+row by ``store.batch_queries``). Each thread gets its own connection; a connection that failed is dropped and the
 next call reconnects. Migrations run lazily on first use, so a database that is down at start-up only
 delays the log (the writer spills meanwhile) instead of preventing the service from starting.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
-import math
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -19,10 +20,12 @@ from contextlib import AbstractContextManager
 from itertools import chain
 from typing import Any
 
-from tabserve.errors import BadRequestError, ConflictError, NotFoundError, StoreError
-from tabserve.store.base import FeedbackResult
+from tabserve.errors import StoreError
+from tabserve.store.batch_queries import BatchQueries
+from tabserve.store.columnar import LogBatch, LogEntry
 from tabserve.store.coverage import CoverageQueries
-from tabserve.store.record import LogRow, PredictionRecord, join_value, loads_json, record_row, split_value
+from tabserve.store.feedback import FeedbackQueries
+from tabserve.store.record import LogRow, PredictionRecord, join_value, loads_json, record_row
 
 log = logging.getLogger("tabserve.store")
 
@@ -77,7 +80,20 @@ def _row_dict(row: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-class SqlStore(CoverageQueries, ABC):
+def _export_key(row: dict[str, Any]) -> tuple[float, str, int]:
+    return row["time"], row["request_id"], row["index"]
+
+
+def _rows_of(cur: Any) -> Iterator[dict[str, Any]]:
+    while True:
+        batch = cur.fetchmany(1000)
+        if not batch:
+            return
+        for row in batch:
+            yield _row_dict(row)
+
+
+class SqlStore(BatchQueries, CoverageQueries, FeedbackQueries, ABC):
     """Shared implementation of ``PredictionStore``; see ``SqliteStore`` and ``PostgresStore``."""
 
     placeholder: str = "?"
@@ -125,7 +141,7 @@ class SqlStore(CoverageQueries, ABC):
         """Exceptions that mean this data can never be written (turned into ``RecordRejectedError``)."""
         return ()
 
-    def _stream_cursor(self, conn: Any) -> Any:
+    def _stream_cursor(self, conn: Any, name: str = "tabserve_export") -> Any:  # noqa: ARG002 - for backends
         return conn.cursor()
 
     # -- connection management -----------------------------------------------------------------------------
@@ -208,11 +224,21 @@ class SqlStore(CoverageQueries, ABC):
     def write(self, records: Sequence[PredictionRecord]) -> None:
         self.write_rows([record_row(r) for r in records])
 
-    def write_rows(self, rows: Sequence[LogRow]) -> None:
-        """``write`` for rows already encoded (what ``PredictionLog`` hands over): one transaction, or one
-        statement per chunk (``autocommit_inserts``)."""
+    def write_rows(self, rows: Sequence[LogEntry]) -> None:
+        """``write`` for rows already encoded, and batches (what ``PredictionLog`` hands over): one transaction,
+        or one statement per chunk of rows and per batch (``autocommit_inserts``)."""
         if rows:
-            self._run("write", lambda cur: self._insert_rows(cur, rows), write=True, autocommit=self.autocommit_inserts)
+            self._run("write", lambda cur: self._insert(cur, rows), write=True, autocommit=self.autocommit_inserts)
+
+    def _insert(self, cur: Any, entries: Sequence[LogEntry]) -> None:
+        batches = [e for e in entries if type(e) is LogBatch]
+        if not batches:
+            self._insert_rows(cur, entries)  # type: ignore[arg-type]  # rows only
+            return
+        rows: list[LogRow] = [e for e in entries if type(e) is not LogBatch]  # type: ignore[misc]
+        if rows:
+            self._insert_rows(cur, rows)
+        self._insert_batches(cur, batches)
 
     def _insert_rows(self, cur: Any, rows: Sequence[LogRow]) -> None:
         """Insert-or-ignore ``rows`` (in ``PREDICTION_COLUMNS`` order).
@@ -248,68 +274,9 @@ class SqlStore(CoverageQueries, ABC):
             )
         return sql
 
-    def attach_feedback(self, request_id: str, index: int | None, actual: float | str) -> FeedbackResult:
-        value, label = split_value(actual)
-        if value is not None and not math.isfinite(value):  # NaN would break idempotency (NaN != NaN)
-            raise BadRequestError("feedback actual must be a finite number or a label")
-
-        def attach(cur: Any) -> FeedbackResult:
-            cur.execute(
-                self._sql(
-                    "SELECT idx, model, model_version, prediction_value, prediction_label, output FROM predictions "
-                    "WHERE request_id = ? ORDER BY idx"
-                ),
-                (request_id,),
-            )
-            rows = cur.fetchall()
-            if not rows:
-                raise NotFoundError(f"no logged prediction with request id {request_id!r}")
-            if index is None:
-                if len(rows) > 1:
-                    raise BadRequestError(f"request {request_id!r} has {len(rows)} rows: give the row index")
-                row = rows[0]
-            else:
-                found = [r for r in rows if int(r[0]) == index]
-                if not found:
-                    raise NotFoundError(f"request {request_id!r} has no row {index} (it has {len(rows)} rows)")
-                row = found[0]
-            idx = int(row[0])
-            cur.execute(
-                self._sql(
-                    "INSERT INTO feedback (request_id, idx, actual_value, actual_label, time) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT (request_id, idx) DO NOTHING"
-                ),
-                (request_id, idx, value, label, time.time()),
-            )
-            created = cur.rowcount == 1
-            if created:
-                self._count_served(cur, row[1], row[2], row[5], join_value(value, label))  # type: ignore[arg-type]
-            else:
-                cur.execute(
-                    self._sql("SELECT actual_value, actual_label FROM feedback WHERE request_id = ? AND idx = ?"),
-                    (request_id, idx),
-                )
-                old = join_value(*cur.fetchone())
-                if type(old) is not type(join_value(value, label)) or old != join_value(value, label):
-                    raise ConflictError(
-                        f"request {request_id!r} row {idx} already has a different answer ({old!r}); "
-                        "feedback cannot be changed"
-                    )
-            return FeedbackResult(
-                request_id=request_id,
-                index=idx,
-                actual=actual if isinstance(actual, str) else float(actual),
-                created=created,
-                model=row[1],
-                model_version=row[2],
-                prediction=join_value(row[3], row[4]),
-            )
-
-        result: FeedbackResult = self._run("feedback", attach, write=True)
-        return result
-
     def export(self, since: float | None, model: str | None, labelled_only: bool) -> Iterator[dict[str, Any]]:
         where, params = self._filters(since, model)
+        batch_where, _ = self._filters(since, model, "b")
         if labelled_only:
             where.append("f.request_id IS NOT NULL")
         sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY p.time, p.request_id, p.idx"
@@ -319,13 +286,11 @@ class SqlStore(CoverageQueries, ABC):
         try:
             cur = self._stream_cursor(conn)
             cur.execute(self._sql(sql), params)
-            while True:
-                batch = cur.fetchmany(1000)
-                if not batch:
-                    break
-                for row in batch:
-                    yield _row_dict(row)
+            batches = self._stream_cursor(conn, "tabserve_export_batches")
+            rows = self._export_batches(conn, batches, batch_where, params, labelled_only)
+            yield from heapq.merge(_rows_of(cur), rows, key=_export_key)
             cur.close()
+            batches.close()
         except self._errors as exc:
             raise StoreError(f"prediction store {self.describe()}: export failed: {exc}") from exc
         finally:
@@ -341,25 +306,30 @@ class SqlStore(CoverageQueries, ABC):
         except self._errors as exc:
             raise StoreError(f"cannot connect to the prediction store {self.describe()}: {exc}") from exc
 
-    def _filters(self, since: float | None, model: str | None) -> tuple[list[str], list[Any]]:
+    def _filters(self, since: float | None, model: str | None, alias: str = "p") -> tuple[list[str], list[Any]]:
         where: list[str] = []
         params: list[Any] = []
         if since is not None:
-            where.append("p.time >= ?")
+            where.append(f"{alias}.time >= ?")
             params.append(float(since))
         if model is not None:
-            where.append("p.model = ?")
+            where.append(f"{alias}.model = ?")
             params.append(model)
         return where, params
 
     def recent_inputs(self, model: str, since: float | None, limit: int) -> list[dict[str, Any]]:
         where, params = self._filters(since, model)
+        batch_where, _ = self._filters(since, model, "b")
         condition = " AND ".join(where)  # fixed fragments with placeholders only: values are parameters
-        sql = self._sql(f"SELECT p.inputs FROM predictions p WHERE {condition} ORDER BY p.time DESC LIMIT ?")  # noqa: S608 - fixed fragments (see above), values are parameters
+        sql = self._sql(f"SELECT p.time, p.inputs FROM predictions p WHERE {condition} ORDER BY p.time DESC LIMIT ?")  # noqa: S608 - fixed fragments (see above), values are parameters
+        wanted = max(0, int(limit))
 
         def read(cur: Any) -> list[dict[str, Any]]:
-            cur.execute(sql, (*params, max(0, int(limit))))
-            return [_json(row[0]) for row in cur.fetchall()][::-1]
+            cur.execute(sql, (*params, wanted))
+            newest = [(float(row[0]), _json(row[1])) for row in cur.fetchall()]
+            newest += self._recent_batch_inputs(cur, batch_where, params, wanted)
+            newest.sort(key=lambda pair: pair[0], reverse=True)  # stable: a batch's rows keep their order
+            return [values for _, values in newest[:wanted]][::-1]
 
         result: list[dict[str, Any]] = self._run("recent_inputs", read, write=False)
         return result
@@ -383,7 +353,7 @@ class SqlStore(CoverageQueries, ABC):
             for model in models:
                 cur.execute(self._sql("DELETE FROM predictions WHERE model = ? AND time < ?"), (model, cutoff))
                 deleted += int(cur.rowcount)
-            return deleted
+            return deleted + self._prune_batches(cur, cutoff)
 
         deleted: int = self._run("prune", delete, write=True)
         return deleted
@@ -394,7 +364,7 @@ class SqlStore(CoverageQueries, ABC):
                 cur.execute("SELECT COUNT(*) FROM predictions")
             else:
                 cur.execute(self._sql("SELECT COUNT(*) FROM predictions WHERE model = ?"), (model,))
-            return int(cur.fetchone()[0])
+            return int(cur.fetchone()[0]) + self._count_batch_rows(cur, model)
 
         counted: int = self._run("count", read, write=False)
         return counted

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tabserve.errors import StoreError
+from tabserve.store.batch_queries import BATCHES_DDL_SQLITE, BATCHES_INDEX
 from tabserve.store.coverage import COUNTS_DDL, FEEDBACK_TIME_INDEX
 from tabserve.store.sql import MAX_CHUNK_ROWS, PREDICTION_COLUMNS, Migration, SqlStore
 
@@ -56,6 +57,29 @@ MIGRATIONS: tuple[Migration, ...] = (
     (2, ("DROP INDEX IF EXISTS predictions_time",)),
     # Coverage monitoring: the labelled window reads feedback by time; adaptive conformal counts (store/coverage.py).
     (3, (FEEDBACK_TIME_INDEX, COUNTS_DDL)),
+    # Batch requests as one columnar record each (store/columnar.py). Feedback may now be for a row of a batch, so
+    # its foreign key to predictions goes: SQLite cannot drop a constraint, so the table is rebuilt as it was
+    # without it (same columns, same key, same index; every answer copied). Retention deletes feedback itself.
+    (
+        4,
+        (
+            BATCHES_DDL_SQLITE,
+            BATCHES_INDEX,
+            """CREATE TABLE feedback_v4 (
+                request_id TEXT NOT NULL,
+                idx INTEGER NOT NULL,
+                actual_value REAL,
+                actual_label TEXT,
+                time REAL NOT NULL,
+                PRIMARY KEY (request_id, idx)
+            )""",
+            "INSERT INTO feedback_v4 (request_id, idx, actual_value, actual_label, time) "
+            "SELECT request_id, idx, actual_value, actual_label, time FROM feedback",
+            "DROP TABLE feedback",
+            "ALTER TABLE feedback_v4 RENAME TO feedback",
+            FEEDBACK_TIME_INDEX,
+        ),
+    ),
 )
 
 
