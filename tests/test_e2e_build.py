@@ -44,7 +44,18 @@ class Built:
 
 def run_build(models: Path, data: Path, name: str, *extra: str) -> Built:
     started = time.perf_counter()
-    args = [str(TABSERVE), "build", "--data", str(data), "--target", "target", "--name", name, "--models-dir", str(models)]
+    args = [
+        str(TABSERVE),
+        "build",
+        "--data",
+        str(data),
+        "--target",
+        "target",
+        "--name",
+        name,
+        "--models-dir",
+        str(models),
+    ]
     done = subprocess.run([*args, *extra], capture_output=True, text=True, check=False, timeout=300)
     seconds = time.perf_counter() - started
     assert done.returncode == 0, done.stderr
@@ -100,7 +111,9 @@ def fit_models(base: Path, data: dict[str, Path]) -> dict[str, Path]:
     logistic = Pipeline([("scale", StandardScaler()), ("lr", LogisticRegression(max_iter=2000))]).fit(xw, yw)
     options = {id(logistic.steps[-1][1]): {"zipmap": False}}
     matrix = [("features", FloatTensorType([None, xw.shape[1]]))]
-    (base / "wine_logistic.onnx").write_bytes(to_onnx(logistic, initial_types=matrix, options=options).SerializeToString())
+    (base / "wine_logistic.onnx").write_bytes(
+        to_onnx(logistic, initial_types=matrix, options=options).SerializeToString()
+    )
     from sklearn.svm import SVR
 
     joblib.dump(SVR().fit(x[numbers].fillna(0.0), y), base / "diabetes_svr.joblib")
@@ -130,7 +143,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     fitted = fit_models(base, data)
     built = {
         "diabetes": run_build(models, data["diabetes"], "diabetes"),
-        "diabetes-ridge": run_build(models, data["mixed"], "diabetes-ridge", "--model", str(fitted["ridge"]), "--trust-pickle"),
+        "diabetes-ridge": run_build(
+            models, data["mixed"], "diabetes-ridge", "--model", str(fitted["ridge"]), "--trust-pickle"
+        ),
         "diabetes-gbr": run_build(models, data["mixed"], "diabetes-gbr", "--onnx", str(fitted["gbr"])),
         "wine": run_build(models, data["wine"], "wine"),
         "wine-lgbm": run_build(models, data["wine"], "wine-lgbm", "--model", str(fitted["lgbm"]), "--trust-pickle"),
