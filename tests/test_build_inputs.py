@@ -180,3 +180,97 @@ def test_spec_range_excluding_data_names_the_row(tmp_path: Path, capsys: pytest.
     row = int(np.flatnonzero(frame["x2"] > 4.0)[0])
     line = refused(capsys, build(tmp_path, frame, "--spec", str(spec)))
     assert f"column 'x2' row {row + 1} is {frame['x2'].iloc[row]:g}, outside the spec's range 0.0 to 4.0" in line
+
+
+def test_cli_parser_imports_nothing_of_the_build() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tabserve.cli import build_parser; build_parser().parse_args(['build', '--data', 'x', "
+        "'--name', 'n']); heavy = {'pandas', 'sklearn', 'lightgbm', 'onnx', 'tabserve.build.command'}; "
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_parity_failure_names_the_rows() -> None:
+    from tabserve.build.command import _parity
+    from tabserve.build.table import Rows
+
+    rows = Rows({"x": [1.0, 2.0, 3.0, 4.0]}, np.array([10.0, 20.0, 30.0, 40.0]), np.array([5, 6, 7, 8]))
+    reference = np.array([10.0, 20.0, 30.0, 40.0])
+
+    def predict(_: Rows) -> np.ndarray:
+        return np.array([10.0, 20.5, 30.0, 39.0])
+
+    with pytest.raises(BuildError, match=r"disagrees with the original model on 2 of 4 rows .*: rows 6, 8 "):
+        _parity(predict, rows, reference, "regression")
+    assert _parity(lambda _: reference + 1e-6, rows, reference, "regression")["rows"] == 4
+
+
+def test_adapter_feeds_named_inputs_from_the_matrix() -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from tabserve.build.convert import MATRIX_INPUT, InputSource, adapt_to_matrix
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["n"], ["n32"], to=TensorProto.FLOAT),
+            helper.make_node("Identity", ["c"], ["text"]),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("n", TensorProto.DOUBLE, [None, 1]),
+            helper.make_tensor_value_info("c", TensorProto.STRING, [None, 1]),
+        ],
+        [
+            helper.make_tensor_value_info("n32", TensorProto.FLOAT, [None, 1]),
+            helper.make_tensor_value_info("text", TensorProto.STRING, [None, 1]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    adapted = adapt_to_matrix(model, [InputSource("n", 1), InputSource("c", 0, ("", "Red", "Blue"))], 2)
+    session = ort.InferenceSession(adapted.SerializeToString(), providers=["CPUExecutionProvider"])
+    matrix = np.array([[0.0, 1.5], [1.0, -2.0], [-1.0, 7.0], [5.0, 0.0]], dtype=np.float32)
+    numbers, text = session.run(None, {MATRIX_INPUT: matrix})
+    assert numbers[:, 0].tolist() == [1.5, -2.0, 7.0, 0.0]
+    assert text[:, 0].tolist() == ["Red", "Blue", "", "Blue"]  # -1 (unknown/missing) -> "", out of range -> clipped
+
+
+def test_parquet_spec_units_and_temporal_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    frame = synthetic()
+    frame["measured_on"] = pd.date_range("2020-01-01", periods=len(frame), freq="D")[::-1]
+    frame.to_parquet(tmp_path / "data.parquet", index=False)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        '[model]\ndescription = "A demo"\noptional = ["colour"]\n'
+        '[columns.x1]\nunit = "mm"\ndata_unit = "cm"\ndescription = "Length"\n'
+        '[columns.colour]\naliases = { "Verde" = "green" }\n',
+        encoding="utf-8",
+    )
+    args = ["build", "--data", str(tmp_path / "data.parquet"), "--target", "y", "--name", "demo"]
+    args += ["--models-dir", str(tmp_path / "models"), "--spec", str(spec), "--time-column", "measured_on"]
+    assert main(args) == 0, capsys.readouterr().err
+    manifest = json.loads((tmp_path / "models" / "demo" / "1.0.0" / "manifest.json").read_text())
+    assert manifest["description"] == "A demo"
+    assert manifest["metrics"]["split"]["temporal"] is True
+    inputs = {i["name"]: i for i in manifest["inputs"]}
+    assert "measured_on" not in inputs
+    x1 = inputs["x1"]
+    assert x1["unit"] == "mm" and x1["units"] == ["mm", "cm", "in"] and x1["description"] == "Length"
+    assert x1["training"]["min"] > 10 * frame["x1"].min() - 1e-6  # stored in mm: the file's cm × 10
+    assert inputs["colour"]["aliases"] == {"VERDE": "GREEN"} and inputs["colour"]["required"] is False
+    assert manifest["conformal"]["pattern_inputs"] == ["colour"]
+    from fastapi.testclient import TestClient
+
+    from tabserve.api import create_app
+    from tabserve.config import Settings
+
+    with TestClient(create_app(Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "var"))) as client:
+        body = {**manifest["example_request"], "x1": {"value": 1.0, "unit": "cm"}, "colour": "verde"}
+        answer = client.post("/models/demo/predict", json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["interval"]["level"] == 0.9
