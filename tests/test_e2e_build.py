@@ -1,6 +1,6 @@
 """``tabserve build`` end to end on data no code here was written for (scikit-learn's bundled diabetes and wine,
-written out as CSV): train-for-me, a fitted scikit-learn pipeline, a fitted LightGBM, and ONNX files; every
-version served by a real ``tabserve serve`` process and predicted over HTTP; a rebuilt version hot-reloaded.
+written out as CSV): train-for-me, a fitted scikit-learn pipeline, fitted LightGBM and XGBoost models, ONNX files;
+every version served by a real ``tabserve serve`` process and predicted over HTTP; a rebuilt version hot-reloaded.
 
 Coverage band: the test split's empirical coverage at 0.9 lies within 0.9 ± (3·sqrt(0.9·0.1/n) + 1/n) (three
 binomial standard deviations plus the finite-sample rounding), capped at 1.
@@ -115,6 +115,11 @@ def fit_models(base: Path, data: dict[str, Path]) -> dict[str, Path]:
         to_onnx(logistic, initial_types=matrix, options=options).SerializeToString()
     )
     from sklearn.svm import SVR
+    from xgboost import XGBRegressor
+
+    plain = pd.read_csv(data["diabetes"])
+    xgb = XGBRegressor(n_estimators=80, max_depth=3, learning_rate=0.1, random_state=0)
+    joblib.dump(xgb.fit(plain.drop(columns="target"), plain["target"]), base / "diabetes_xgb.joblib")
 
     joblib.dump(SVR().fit(x[numbers].fillna(0.0), y), base / "diabetes_svr.joblib")
     return {
@@ -123,6 +128,7 @@ def fit_models(base: Path, data: dict[str, Path]) -> dict[str, Path]:
         "lgbm": base / "wine_lgbm.joblib",
         "logistic": base / "wine_logistic.onnx",
         "svr": base / "diabetes_svr.joblib",
+        "xgb": base / "diabetes_xgb.joblib",
     }
 
 
@@ -147,6 +153,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             models, data["mixed"], "diabetes-ridge", "--model", str(fitted["ridge"]), "--trust-pickle"
         ),
         "diabetes-gbr": run_build(models, data["mixed"], "diabetes-gbr", "--onnx", str(fitted["gbr"])),
+        "diabetes-xgb": run_build(
+            models, data["diabetes"], "diabetes-xgb", "--model", str(fitted["xgb"]), "--trust-pickle"
+        ),
         "wine": run_build(models, data["wine"], "wine"),
         "wine-lgbm": run_build(models, data["wine"], "wine-lgbm", "--model", str(fitted["lgbm"]), "--trust-pickle"),
         "wine-logistic": run_build(models, data["wine"], "wine-logistic", "--onnx", str(fitted["logistic"])),
@@ -162,7 +171,10 @@ def band(n: int, level: float = 0.9) -> tuple[float, float]:
     return level - half, min(1.0, level + half)
 
 
-@pytest.mark.parametrize("name", ["diabetes", "diabetes-ridge", "diabetes-gbr", "wine", "wine-lgbm", "wine-logistic"])
+FORMS = ["diabetes", "diabetes-ridge", "diabetes-gbr", "diabetes-xgb", "wine", "wine-lgbm", "wine-logistic"]
+
+
+@pytest.mark.parametrize("name", FORMS)
 def test_built_version_is_served_with_confidence(world: World, name: str) -> None:
     built = world.built[name]
     manifest = built.manifest()
@@ -214,6 +226,8 @@ def test_parity_and_forms_recorded(world: World) -> None:
     ridge = world.built["diabetes-ridge"].manifest()["metrics"]
     assert ridge["model"]["form"] == "model" and ridge["parity"]["max_abs_difference"] < 1e-3
     assert world.built["wine-lgbm"].manifest()["metrics"]["parity"]["max_abs_difference"] < 1e-4
+    xgb = world.built["diabetes-xgb"].manifest()["metrics"]
+    assert xgb["model"]["estimator"] == "XGBRegressor" and xgb["parity"]["max_abs_difference"] < 1e-2
     assert world.built["wine-logistic"].manifest()["output"]["classes"] == ["cultivar_a", "cultivar_b", "cultivar_c"]
 
 
