@@ -2,8 +2,9 @@
 written out as CSV): train-for-me, a fitted scikit-learn pipeline, fitted LightGBM and XGBoost models, ONNX files;
 every version served by a real ``tabserve serve`` process and predicted over HTTP; a rebuilt version hot-reloaded.
 
-Coverage band: the test split's empirical coverage at 0.9 lies within 0.9 ± (3·sqrt(0.9·0.1/n) + 1/n) (three
-binomial standard deviations plus the finite-sample rounding), capped at 1.
+Coverage band: the test split's empirical coverage at 0.9 lies within 0.9 ± (3·sqrt(0.9·0.1·(1/n + 1/m)) + 1/m),
+capped at 1, with n test and m calibration rows: three standard deviations of the test rows' binomial spread and of
+the calibrated quantile's own (Beta) spread, plus the finite-sample rounding of the conformal rank.
 """
 
 from __future__ import annotations
@@ -166,8 +167,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         server.stop(signal.SIGTERM)
 
 
-def band(n: int, level: float = 0.9) -> tuple[float, float]:
-    half = 3.0 * math.sqrt(level * (1.0 - level) / n) + 1.0 / n
+def band(n: int, m: int, level: float = 0.9) -> tuple[float, float]:
+    half = 3.0 * math.sqrt(level * (1.0 - level) * (1.0 / n + 1.0 / m)) + 1.0 / m
     return level - half, min(1.0, level + half)
 
 
@@ -191,9 +192,10 @@ def test_built_version_is_served_with_confidence(world: World, name: str) -> Non
         assert answer["prediction"] in answer["prediction_set"]
         assert math.isclose(sum(answer["probabilities"].values()), 1.0, abs_tol=1e-4)
     tests = manifest["metrics"]["test"]
-    full = tests["1" * len(manifest["conformal"]["pattern_inputs"]) or "all"]
+    key = "1" * len(manifest["conformal"]["pattern_inputs"])
+    full = tests[key or "all"]
     cover = full["set_coverage" if "set_coverage" in full else "coverage"]["0.9"]
-    low, high = band(full["rows"])
+    low, high = band(full["rows"], manifest["conformal"]["calibration_rows"][key])
     assert low <= cover <= high, (name, cover, full["rows"])
 
 
