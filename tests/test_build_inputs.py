@@ -274,3 +274,13 @@ def test_parquet_spec_units_and_temporal_split(tmp_path: Path, capsys: pytest.Ca
         answer = client.post("/models/demo/predict", json=body)
         assert answer.status_code == 200, answer.text
         assert answer.json()["interval"]["level"] == 0.9
+
+
+def test_parquet_text_column_of_numbers_with_a_word_is_mixed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    frame = synthetic()
+    frame["x2"] = frame["x2"].astype(str)  # a text column of numbers, as exports often write them
+    frame.loc[7, "x2"] = "n/a (sensor off)"
+    frame.to_parquet(tmp_path / "data.parquet", index=False)
+    args = ["build", "--data", str(tmp_path / "data.parquet"), "--target", "y", "--name", "demo"]
+    line = refused(capsys, [*args, "--models-dir", str(tmp_path / "models")])
+    assert "column 'x2' mixes numbers and text: row 8 has 'n/a (sensor off)'" in line
