@@ -276,7 +276,9 @@ def test_parquet_spec_units_and_temporal_split(tmp_path: Path, capsys: pytest.Ca
         assert answer.json()["interval"]["level"] == 0.9
 
 
-def test_parquet_text_column_of_numbers_with_a_word_is_mixed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_parquet_text_column_of_numbers_with_a_word_is_mixed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     frame = synthetic()
     frame["x2"] = frame["x2"].astype(str)  # a text column of numbers, as exports often write them
     frame.loc[7, "x2"] = "n/a (sensor off)"
