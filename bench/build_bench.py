@@ -4,7 +4,8 @@
 
 The table: 24 numbers (two with 10 % gaps, so there are conformal patterns), 5 categories (3 to 40 values),
 one target (a noisy non-linear function of them). Runs the real CLI in a subprocess (``tabserve build``), prints
-every stage line it prints, the wall time and the verdict, and writes ``bench/results/build.json``.
+every stage line it prints, the wall time and the verdict, and writes ``bench/results/build-TASK.json`` (gitignored:
+numbers from a shared machine are reported in docs/own-model.md with their load, not committed as a baseline).
 """
 
 from __future__ import annotations
