@@ -1,4 +1,4 @@
-"""The ``tabserve`` command: serve | train | verify | predict | score | export | drift | prune | hash-key.
+"""The ``tabserve`` command: serve | train | build | verify | predict | score | export | drift | prune | hash-key.
 
 Heavy imports happen inside each sub-command, so ``tabserve verify`` and ``tabserve serve`` never load
 the training stack.
@@ -44,6 +44,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     path = module.train(options)
     print(f"wrote {path}")
     return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    """A table (and optionally a fitted model or an ONNX file) to a sealed, calibrated version (``tabserve.build``)."""
+    from tabserve.build.report import print_report  # the train extra: imported only for this command
+
+    return print_report(args)
 
 
 def _preflight(settings: Settings) -> str | None:
@@ -308,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--extra", help="exported prediction log with feedback to add to training")
     train.add_argument("--no-plots", action="store_true", help="skip the model card's PNG plots")
     train.set_defaults(func=_cmd_train)
+
+    from tabserve.build.arguments import add_build_parser  # argparse only: nothing of the build is imported
+
+    add_build_parser(sub, _cmd_build, str(DEFAULT_MODELS))
 
     evaluate = sub.add_parser("evaluate", help="re-score a committed model version on the data and print metrics")
     evaluate.add_argument("model", choices=sorted(TRAINERS))

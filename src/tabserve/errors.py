@@ -18,7 +18,8 @@ TabserveError                     status 500 unless a child says otherwise
 ├── ForbiddenError (403)         a valid key without the scope the route needs
 ├── ConfigurationError           settings that cannot work (e.g. production mode with the admin routes open)
 ├── StoreError                    the prediction log cannot be written (spill, replay)
-└── ScoreInputError               a file to score cannot be read, or its columns do not fit the model
+├── ScoreInputError               a file to score cannot be read, or its columns do not fit the model
+└── BuildError                   ``tabserve build`` refuses its input (names the column, row or file)
 """
 
 from __future__ import annotations
@@ -214,3 +215,12 @@ class ScoreInputError(TabserveError):
     status = 400
     title = "Bad input file"
     slug = "bad-input-file"
+
+
+class BuildError(TabserveError):
+    """``tabserve build``: the data, spec or model given cannot make a sound model version (found before any work
+    where possible; the detail names the column, row, file or estimator)."""
+
+    status = 400
+    title = "Build refused"
+    slug = "build-refused"

@@ -1,0 +1,160 @@
+"""Split-conformal calibration per missing-input pattern, the temperature of a classifier, and test metrics.
+
+Every number here comes from the exported graph through the serving encoder (``Predict``): calibration rows
+masked to each pattern give that pattern's score quantiles; a level is published only if every pattern has
+enough calibration scores for a finite quantile. The test split, masked the same way, gives coverage and error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tabserve.build.table import Rows, masked, pattern_keys
+from tabserve.manifest import level_key
+from tabserve.training.card import expected_calibration_error
+from tabserve.training.conformal import (
+    LEVELS,
+    conformal_quantile,
+    coverage,
+    lac_scores,
+    lac_sets,
+    regression_interval,
+    regression_scores,
+)
+
+Predict = Callable[[Rows], npt.NDArray[np.float64]]
+ECE_BINS = 15
+
+
+def _scores(predict: Predict, rows: Rows, task: str, score: str) -> npt.NDArray[np.float64]:
+    out = predict(rows)
+    if task == "classification":
+        return lac_scores(out, rows.labels)
+    return regression_scores(rows.labels, out, score)
+
+
+def conformal_tables(
+    predict: Predict, calibration: Rows, pattern_inputs: Sequence[str], task: str, score: str
+) -> tuple[list[float], dict[str, dict[str, float]], dict[str, int]]:
+    """(published levels, pattern -> level -> quantile, pattern -> calibration rows)."""
+    by_pattern: dict[str, npt.NDArray[np.float64]] = {}
+    for key in pattern_keys(len(pattern_inputs)):
+        by_pattern[key] = _scores(predict, masked(calibration, pattern_inputs, key), task, score)
+    levels = [
+        level
+        for level in LEVELS
+        if all(math.isfinite(conformal_quantile(scores, level)) for scores in by_pattern.values())
+    ]
+    quantiles = {
+        key: {level_key(level): conformal_quantile(scores, level) for level in levels}
+        for key, scores in by_pattern.items()
+    }
+    return levels, quantiles, {key: int(scores.size) for key, scores in by_pattern.items()}
+
+
+def log_loss(probabilities: npt.ArrayLike, labels: npt.ArrayLike) -> float:
+    proba = np.asarray(probabilities, dtype=np.float64)
+    idx = np.asarray(labels, dtype=np.int64)
+    return float(-np.mean(np.log(np.clip(proba[np.arange(idx.size), idx], 1e-15, 1.0))))
+
+
+MIN_TEMPERATURE_ROWS = 50
+TEMPERATURES = (0.2, 5.0)
+
+
+def fit_temperature(probabilities: npt.ArrayLike, labels: npt.ArrayLike) -> float:
+    """The temperature T in [0.2, 5] minimising log loss of softmax(log p / T) on these rows; 1.0 when it does not
+    help, or when there are fewer than ``MIN_TEMPERATURE_ROWS`` rows or no error among them (nothing to learn
+    from: a separable handful would only sharpen the probabilities)."""
+    proba = np.asarray(probabilities, dtype=np.float64)
+    truth = np.asarray(labels, dtype=np.int64)
+    if truth.size < MIN_TEMPERATURE_ROWS or bool(np.all(proba.argmax(axis=1) == truth)):
+        return 1.0
+    logp = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1.0))
+
+    def loss(t: float) -> float:
+        z = logp / t
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        return log_loss(p, labels)
+
+    grid = np.exp(np.linspace(math.log(TEMPERATURES[0]), math.log(TEMPERATURES[1]), 41))
+    best = float(min(grid, key=loss))
+    return round(best, 4) if loss(best) < loss(1.0) - 1e-9 else 1.0
+
+
+def _regression_metrics(pred: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> dict[str, float]:
+    err = y - pred
+    total = float(np.sum((y - y.mean()) ** 2))
+    return {
+        "mae": float(np.mean(np.abs(err))),
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "r2": float(1.0 - np.sum(err**2) / total) if total > 0 else math.nan,
+    }
+
+
+def test_metrics(
+    predict: Predict,
+    test: Rows,
+    pattern_inputs: Sequence[str],
+    task: str,
+    score: str,
+    levels: Sequence[float],
+    quantiles: dict[str, dict[str, float]],
+    pattern_names: dict[str, str],
+) -> dict[str, Any]:
+    """Per pattern: error (or accuracy, log loss, ECE) and coverage with width (or set size) per level."""
+    out: dict[str, Any] = {}
+    for key in pattern_keys(len(pattern_inputs)):
+        rows = masked(test, pattern_inputs, key)
+        entry: dict[str, Any] = {"name": pattern_names.get(key, key), "rows": rows.rows}
+        if rows.rows == 0:
+            out[key or "all"] = entry
+            continue
+        raw = predict(rows)
+        cover: dict[str, float] = {}
+        size: dict[str, float] = {}
+        for level in levels:
+            q = quantiles[key][level_key(level)]
+            if task == "classification":
+                sets = lac_sets(raw, q)
+                top = raw.argmax(axis=1)
+                sets[np.arange(rows.rows), top] = True  # the server never answers an empty set
+                cover[level_key(level)] = coverage(sets[np.arange(rows.rows), rows.labels])
+                size[level_key(level)] = float(sets.sum(axis=1).mean())
+            else:
+                low, high = regression_interval(raw, q, score)
+                cover[level_key(level)] = coverage((rows.labels >= low) & (rows.labels <= high))
+                size[level_key(level)] = float(np.mean(high - low))
+        if task == "classification":
+            entry["accuracy"] = float(np.mean(raw.argmax(axis=1) == rows.labels))
+            entry["log_loss"] = log_loss(raw, rows.labels)
+            entry["ece"] = expected_calibration_error(raw, rows.labels, ECE_BINS)
+            entry["set_coverage"] = cover
+            entry["mean_set_size"] = size
+        else:
+            entry.update(_regression_metrics(raw, rows.labels))
+            entry["coverage"] = cover
+            entry["mean_width"] = size
+        out[key or "all"] = entry
+    return out
+
+
+def pattern_names(pattern_inputs: Sequence[str]) -> dict[str, str]:
+    """Readable names of the pattern keys: ``"10"`` -> ``"garage given, pool absent"``."""
+    names: dict[str, str] = {}
+    for key in pattern_keys(len(pattern_inputs)):
+        given = [n for n, f in zip(pattern_inputs, key, strict=True) if f == "1"]
+        absent = [n for n, f in zip(pattern_inputs, key, strict=True) if f == "0"]
+        if not absent:
+            names[key] = "every input given"
+        elif not given:
+            names[key] = f"without {', '.join(absent)}"
+        else:
+            names[key] = f"{', '.join(given)} given, {', '.join(absent)} absent"
+    return names

@@ -1,0 +1,186 @@
+"""The optional build spec (TOML): what a table cannot say about itself.
+
+```toml
+[model]
+description = "House prices in ..."
+target = "price"                 # the CLI's --target wins
+task = "regression"              # or "classification"; default inferred
+time_column = "sold_on"          # every split temporal
+drop = ["listing_url"]           # columns that are not inputs
+optional = ["garage"]            # inputs a request may omit (conformal patterns first), beyond those with gaps
+required = ["living_area"]       # inputs a request must give: rows of the file without them are left out
+estimator = "lightgbm"           # train-for-me: "lightgbm" (default) or "linear" (scaled ridge / logistic)
+score = "absolute"               # regression intervals: "absolute" (± q) or "relative" (× (1 ± q))
+output_unit = "EUR"
+output_description = "Sale price"
+
+[columns.living_area]
+unit = "mm"                      # the canonical unit (a known family: requests may send any of its units)
+data_unit = "cm"                 # the unit of the values in the file: converted to ``unit`` at build
+description = "Living area"
+min = 5.0                        # hard (plausible) range; outside is refused at serve time
+max = 2000.0
+type = "category"                # force a kind: "number" or "category"
+aliases = { "N" = "NORTH" }      # alternative spellings of a category
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tabserve.errors import BuildError
+from tabserve.features.units import FAMILIES
+
+_MODEL_KEYS = frozenset(
+    {
+        "description",
+        "target",
+        "task",
+        "time_column",
+        "drop",
+        "optional",
+        "required",
+        "score",
+        "estimator",
+        "output_unit",
+        "output_description",
+    }
+)
+ESTIMATORS = ("lightgbm", "linear")
+_COLUMN_KEYS = frozenset({"unit", "data_unit", "description", "min", "max", "type", "aliases"})
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnSpec:
+    unit: str | None = None
+    data_unit: str | None = None
+    description: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    kind: str | None = None
+    aliases: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BuildSpec:
+    description: str | None = None
+    target: str | None = None
+    task: str | None = None
+    time_column: str | None = None
+    drop: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
+    score: str = "absolute"
+    estimator: str = "lightgbm"
+    output_unit: str = ""
+    output_description: str | None = None
+    columns: dict[str, ColumnSpec] = field(default_factory=dict)
+
+    def column(self, name: str) -> ColumnSpec:
+        return self.columns.get(name, ColumnSpec())
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BuildError(f"spec: {where} must be a list of column names")
+    return tuple(value)
+
+
+def _number(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BuildError(f"spec: {where} must be a number")
+    return float(value)
+
+
+def _column(name: str, raw: Any) -> ColumnSpec:
+    if not isinstance(raw, dict):
+        raise BuildError(f"spec: [columns.{name}] must be a table")
+    unknown = sorted(set(raw) - _COLUMN_KEYS)
+    if unknown:
+        raise BuildError(f"spec: [columns.{name}] has unknown keys {unknown}; allowed: {sorted(_COLUMN_KEYS)}")
+    unit, data_unit = raw.get("unit"), raw.get("data_unit")
+    if data_unit is not None:
+        family = FAMILIES.get(str(unit))
+        if family is None:
+            raise BuildError(
+                f"spec: [columns.{name}] data_unit needs a unit of a known family; known units: {sorted(FAMILIES)}"
+            )
+        if family.lookup(str(data_unit)) is None:
+            raise BuildError(
+                f"spec: [columns.{name}] data_unit {data_unit!r} is not a unit of {unit!r} "
+                f"(one of {', '.join(family.units)})"
+            )
+    kind = raw.get("type")
+    if kind not in (None, "number", "category"):
+        raise BuildError(f"spec: [columns.{name}] type must be 'number' or 'category', not {kind!r}")
+    aliases = raw.get("aliases", {})
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+        raise BuildError(f"spec: [columns.{name}] aliases must map strings to strings")
+    low, high = _number(raw.get("min"), f"[columns.{name}] min"), _number(raw.get("max"), f"[columns.{name}] max")
+    if low is not None and high is not None and low > high:
+        raise BuildError(f"spec: [columns.{name}] min {low:g} is above max {high:g}")
+    return ColumnSpec(
+        unit=None if unit is None else str(unit),
+        data_unit=None if data_unit is None else str(data_unit),
+        description=None if raw.get("description") is None else str(raw["description"]),
+        minimum=low,
+        maximum=high,
+        kind=kind,
+        aliases=dict(aliases),
+    )
+
+
+def parse_spec(text: str, source: str = "spec") -> BuildSpec:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BuildError(f"{source}: not valid TOML: {exc}") from exc
+    unknown_sections = sorted(set(raw) - {"model", "columns"})
+    if unknown_sections:
+        raise BuildError(f"{source}: unknown sections {unknown_sections}; allowed: [model], [columns.NAME]")
+    model = raw.get("model", {})
+    unknown = sorted(set(model) - _MODEL_KEYS)
+    if unknown:
+        raise BuildError(f"{source}: [model] has unknown keys {unknown}; allowed: {sorted(_MODEL_KEYS)}")
+    task = model.get("task")
+    if task not in (None, "regression", "classification"):
+        raise BuildError(f"{source}: [model] task must be 'regression' or 'classification', not {task!r}")
+    score = model.get("score", "absolute")
+    if score not in ("absolute", "relative"):
+        raise BuildError(f"{source}: [model] score must be 'absolute' or 'relative', not {score!r}")
+    estimator = model.get("estimator", "lightgbm")
+    if estimator not in ESTIMATORS:
+        raise BuildError(f"{source}: [model] estimator must be one of {', '.join(ESTIMATORS)}, not {estimator!r}")
+    columns = raw.get("columns", {})
+    if not isinstance(columns, dict):
+        raise BuildError(f"{source}: [columns] must hold one table per column")
+    return BuildSpec(
+        description=model.get("description"),
+        target=model.get("target"),
+        task=task,
+        time_column=model.get("time_column"),
+        drop=_strings(model.get("drop", []), "[model] drop"),
+        optional=_strings(model.get("optional", []), "[model] optional"),
+        required=_strings(model.get("required", []), "[model] required"),
+        score=score,
+        estimator=estimator,
+        output_unit=str(model.get("output_unit", "")),
+        output_description=model.get("output_description"),
+        columns={name: _column(name, value) for name, value in columns.items()},
+    )
+
+
+def read_spec(path: Path | None) -> BuildSpec:
+    if path is None:
+        return BuildSpec()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BuildError(f"{path}: cannot read the spec: {exc.strerror}") from exc
+    return parse_spec(text, str(path))

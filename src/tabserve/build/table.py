@@ -1,0 +1,199 @@
+"""The table as serving sees it: normalised columns (canonical numbers and category spellings, None when absent),
+labels, the train / validation / calibration / test splits, and the masking that stands rows in for a pattern.
+
+Values are normalised exactly as a request is (categories through ``normalise_key`` and the spec's aliases,
+numbers converted from the spec's ``data_unit``), and every matrix is then built by the manifest's own
+``ColumnEncoder``, so what the build measures is what the server answers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from tabserve.build.infer import CALIBRATION_SHARE, TEST_SHARE, Schema, category_text
+from tabserve.build.spec import BuildSpec
+from tabserve.errors import BuildError
+from tabserve.features.text import normalise_key
+from tabserve.features.units import FAMILIES
+
+VALIDATION_SHARE = 0.15
+"""Of the training split: the rows early stopping (and the temperature) look at."""
+
+Columns = dict[str, list[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """Normalised input columns, labels (class index or float target) and each row's 1-based row in the file."""
+
+    columns: Columns
+    labels: npt.NDArray[Any]
+    file_rows: npt.NDArray[np.int64]
+
+    @property
+    def rows(self) -> int:
+        return int(self.labels.size)
+
+    def take(self, index: Sequence[int] | npt.NDArray[np.int64]) -> Rows:
+        idx = np.asarray(index, dtype=np.int64)
+        columns = {name: [values[i] for i in idx.tolist()] for name, values in self.columns.items()}
+        return Rows(columns, self.labels[idx], self.file_rows[idx])
+
+
+@dataclass(frozen=True, slots=True)
+class Splits:
+    train: Rows
+    validation: Rows
+    calibration: Rows
+    test: Rows
+    temporal: bool
+
+    def sizes(self) -> dict[str, int]:
+        return {
+            "train": self.train.rows,
+            "validation": self.validation.rows,
+            "calibration": self.calibration.rows,
+            "test": self.test.rows,
+        }
+
+
+def _number_column(series: pd.Series, data_unit: str | None, unit: str | None) -> list[float | None]:
+    values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    if data_unit is not None and unit is not None:
+        family = FAMILIES[unit]
+        name = family.lookup(data_unit)
+        if name is not None:
+            convert = family.units[name]
+            values = np.array([convert(float(v)) if math.isfinite(v) else math.nan for v in values])
+    return [None if math.isnan(v) else v for v in values.tolist()]
+
+
+def _category_column(series: pd.Series, aliases: dict[str, str]) -> list[str | None]:
+    table = {normalise_key(k): normalise_key(v) for k, v in aliases.items()}
+    out: list[str | None] = []
+    for value in series.tolist():
+        if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+            out.append(None)
+            continue
+        key = normalise_key(category_text(value))
+        out.append(table.get(key, key) or None)
+    return out
+
+
+def normalise(frame: pd.DataFrame, schema: Schema, spec: BuildSpec) -> Rows:
+    """The frame's feature columns in serving form, and its labels."""
+    columns: Columns = {}
+    for feature in schema.features:
+        column = spec.column(feature.name)
+        if feature.kind == "number":
+            columns[feature.name] = _number_column(frame[feature.name], column.data_unit, column.unit)
+        else:
+            columns[feature.name] = _category_column(frame[feature.name], column.aliases)
+    target = frame[schema.target]
+    labels: npt.NDArray[Any]
+    if schema.task == "classification":
+        index = {label: i for i, label in enumerate(schema.classes)}
+        labels = np.array([index[category_text(v)] for v in target.tolist()], dtype=np.int64)
+    else:
+        labels = target.to_numpy(dtype=np.float64)
+    file_rows = np.asarray(frame.index, dtype=np.int64) + 1
+    return Rows(columns, labels, file_rows)
+
+
+def _time_order(frame: pd.DataFrame, column: str) -> npt.NDArray[np.int64]:
+    series = frame[column]
+    if pd.api.types.is_numeric_dtype(series):
+        key = series.to_numpy(dtype=np.float64)
+    else:
+        parsed = pd.to_datetime(series, errors="coerce", format="mixed")
+        bad = parsed.isna()
+        if bool(bad.any()):
+            position = int(np.flatnonzero(bad.to_numpy())[0])
+            row = int(frame.index[position]) + 1
+            raise BuildError(f"time column {column!r} row {row}: {series.iloc[position]!r} is not a date or time")
+        key = parsed.to_numpy(dtype="datetime64[ns]").astype(np.int64).astype(np.float64)
+    return np.argsort(key, kind="stable").astype(np.int64)
+
+
+def split(frame: pd.DataFrame, rows: Rows, schema: Schema, seed: int) -> Splits:
+    """Train / validation / calibration / test: the last rows in time when there is a time column, else a seeded
+    shuffle (stratified by class for a classifier)."""
+    n = rows.rows
+    n_test = max(1, round(n * TEST_SHARE))
+    n_cal = max(1, round(n * CALIBRATION_SHARE))
+    if schema.time_column is not None:
+        order = _time_order(frame, schema.time_column)
+        fit, calibration, test = (
+            order[: n - n_test - n_cal],
+            order[n - n_test - n_cal : n - n_test],
+            order[n - n_test :],
+        )
+        n_val = max(1, round(fit.size * VALIDATION_SHARE))
+        train, validation = fit[:-n_val], fit[-n_val:]
+        temporal = True
+    else:
+        from sklearn.model_selection import train_test_split
+
+        index = np.arange(n)
+        strat = rows.labels if schema.task == "classification" else None
+        rest, test = train_test_split(index, test_size=n_test, random_state=seed, stratify=strat)
+        strat_rest = rows.labels[rest] if strat is not None else None
+        fit, calibration = train_test_split(rest, test_size=n_cal, random_state=seed + 1, stratify=strat_rest)
+        strat_fit = rows.labels[fit] if strat is not None else None
+        n_val = max(2, round(fit.size * VALIDATION_SHARE))
+        train, validation = train_test_split(fit, test_size=n_val, random_state=seed + 2, stratify=strat_fit)
+        train, validation, calibration, test = (np.sort(s) for s in (train, validation, calibration, test))
+        temporal = False
+    return Splits(rows.take(train), rows.take(validation), rows.take(calibration), rows.take(test), temporal)
+
+
+def pattern_keys(width: int) -> list[str]:
+    """Every pattern of ``width`` optional inputs, all given first: ``["11", "10", "01", "00"]``."""
+    return [format(code, f"0{width}b") if width else "" for code in reversed(range(2**width))]
+
+
+def masked(rows: Rows, pattern_inputs: Sequence[str], key: str) -> Rows:
+    """The rows that can stand for pattern ``key``, with its absent inputs removed.
+
+    A row lacking a value the pattern gives cannot represent such a request, so it is left out of that pattern
+    (it still counts in the patterns without that input)."""
+    needed = [name for name, flag in zip(pattern_inputs, key, strict=True) if flag == "1"]
+    keep = [i for i in range(rows.rows) if all(rows.columns[name][i] is not None for name in needed)]
+    subset = rows.take(keep)
+    columns = dict(subset.columns)
+    for name, flag in zip(pattern_inputs, key, strict=True):
+        if flag == "0":
+            columns[name] = [None] * subset.rows
+    return Rows(columns, subset.labels, subset.file_rows)
+
+
+AUGMENT_COPY_MAX_ROWS = 20_000
+"""Up to this many rows, augmentation appends a masked copy; beyond, it masks in place (the table is large enough
+to spare the values, and the fit stays as fast as the table)."""
+
+
+def augmented(rows: Rows, pattern_inputs: Sequence[str], seed: int) -> Rows:
+    """Rows in which the pattern inputs are sometimes absent, so a model fitted on them has seen every absence it
+    will be asked about: ``rows`` plus a copy with each pattern input absent with probability 1/2 (small tables),
+    or ``rows`` with each pattern input absent with probability 1/4 (over ``AUGMENT_COPY_MAX_ROWS`` rows)."""
+    if not pattern_inputs:
+        return rows
+    rng = np.random.default_rng(seed)
+    in_place = rows.rows > AUGMENT_COPY_MAX_ROWS
+    copy = {name: list(values) for name, values in rows.columns.items()}
+    for name in pattern_inputs:
+        drop = rng.random(rows.rows) < (0.25 if in_place else 0.5)
+        column = copy[name]
+        for i in np.flatnonzero(drop).tolist():
+            column[i] = None
+    if in_place:
+        return Rows(copy, rows.labels, rows.file_rows)
+    columns = {name: rows.columns[name] + copy[name] for name in rows.columns}
+    return Rows(columns, np.concatenate([rows.labels, rows.labels]), np.concatenate([rows.file_rows, rows.file_rows]))
