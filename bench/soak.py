@@ -62,6 +62,8 @@ class Window:
     rss_mb: float = 0.0
     open_files: int = 0
     server_cpu_us_per_request: float = 0.0
+    server_cpu_wait_ms_per_s: float = 0.0
+    """Time the server's threads waited for a CPU, per second: high when other processes take its core."""
     load_1m: float = 0.0
 
 
@@ -81,6 +83,17 @@ class Run:
     rows_logged: int = -1
     queue_rows: list[int] = field(default_factory=list)
     p99_per_second_ms: list[float] = field(default_factory=list)
+
+
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds the threads of the process tree of ``pid`` have spent runnable but waiting for a CPU
+    (``/proc/<pid>/task/<tid>/schedstat``, second field): what other processes took from the server."""
+    total = 0
+    for member in process_tree(pid):
+        for task in Path(f"/proc/{member}/task").glob("*"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
 
 
 def open_files(pid: int) -> int:
@@ -187,6 +200,7 @@ async def open_loop(port: int, pid: int, requests: list[bytes], run: Run, settin
             now = time.perf_counter() - t0
             sample = {"t_s": round(now, 1), "rss_mb": rss_mb(pid)["tree"], "open_files": float(open_files(pid))}
             sample["cpu_s"] = cpu_seconds(pid) or 0.0
+            sample["wait_s"] = runqueue_wait_s(pid)
             sample["load_1m"] = os.getloadavg()[0]
             run.samples.append(sample)
             if not warmed and now >= warmup_s:
@@ -219,6 +233,7 @@ async def open_loop(port: int, pid: int, requests: list[bytes], run: Run, settin
     final = {"t_s": round(time.perf_counter() - t0, 1), "rss_mb": rss_mb(pid)["tree"]}
     final["open_files"] = float(open_files(pid))
     final["cpu_s"] = cpu_seconds(pid) or 0.0
+    final["wait_s"] = runqueue_wait_s(pid)
     final["load_1m"] = os.getloadavg()[0]
     run.samples.append(final)
     run.windows = windows(per_second, errors_per_second, settings, run.samples)
@@ -255,6 +270,8 @@ def windows(
         if span > 0 and window.requests:
             # server CPU per request (a server getting slower shows here; a busy neighbour does not)
             window.server_cpu_us_per_request = round(1e6 * cpu / (window.requests * span / step), 1)
+            wait = at_end[-1].get("wait_s", 0.0) - at_start[-1].get("wait_s", 0.0)
+            window.server_cpu_wait_ms_per_s = round(1000 * wait / span, 1)
         window.load_1m = round(at_end[-1].get("load_1m", 0.0), 2)
         out.append(window)
     if int(settings.duration_s) < len(errors) and errors[-1]:

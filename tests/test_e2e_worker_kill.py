@@ -86,9 +86,11 @@ def test_killed_worker_is_replaced_and_errors_stay_bounded(
         served_at_kill = len(served)
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        replaced_s = ready_s = None
+        noticed_s = replaced_s = ready_s = None
         deadline = killed_at + 30
         while time.monotonic() < deadline and ready_s is None:
+            if noticed_s is None and f"Child process [{victim}] died" in server.log():
+                noticed_s = time.monotonic() - killed_at
             now = workers(server)
             if replaced_s is None and len(now) == 2 and victim not in now:
                 replaced_s = time.monotonic() - killed_at
@@ -109,8 +111,9 @@ def test_killed_worker_is_replaced_and_errors_stay_bounded(
     print(  # the figures quoted in docs/reliability.md (pytest -s)
         f"worker kill: served={len(served)} (at kill {served_at_kill}) "
         f"errors={len(errors)} {sorted({e[1] for e in errors})} "
-        f"replacement started {replaced_s and round(replaced_s, 2)} s, ready {ready_s and round(ready_s, 2)} s "
-        f"after SIGKILL; readiness failures={len(not_ready)}; rows logged={len(logged)} "
+        f"death noticed {noticed_s and round(noticed_s, 2)} s, replacement started "
+        f"{replaced_s and round(replaced_s, 2)} s, ready {ready_s and round(ready_s, 2)} s after SIGKILL; "
+        f"readiness failures={len(not_ready)}; rows logged={len(logged)} "
         f"(lost with the killed worker's queue: {len(served) - len(logged)})"
     )
     assert replaced_s is not None and ready_s is not None, server.log()[-3000:]
