@@ -1,6 +1,8 @@
 """The soak's CI version (``make soak`` is the 10-minute one): bench/soak.py for 60 s at half the capacity it
 measures first, in 15 s windows. Zero errors, p99 of the last window within 20 % of the first, RSS growth
-under 5 % after the warm-up, no growth in open files, a prediction-log row for every 200."""
+under 5 % after the warm-up, no growth in open files, a prediction-log row for every 200. When other processes
+took the server's core for much longer in one of the two windows than in the other, the p99 comparison is not
+judged and the test is reported as skipped, saying so, after every other check passed (docs/reliability.md)."""
 
 from __future__ import annotations
 
@@ -27,8 +29,11 @@ def test_sixty_seconds_at_half_capacity_stay_flat(tmp_path: Path) -> None:
         f"soak 60 s: capacity {summary['capacity_rps']:.0f} req/s, rate {summary['rate_rps']:.0f} req/s; "
         + "; ".join(f"{name}: {check['measured']}" for name, check in summary["checks"].items())
     )
-    failed = {name: check for name, check in summary["checks"].items() if not check["pass"]}
+    failed = {name: check for name, check in summary["checks"].items() if check["pass"] is False}
     assert failed == {}, json.dumps(summary, indent=2)[-6000:]
     assert summary["server_exit_code"] == 0
     assert summary["rate_rps"] > 100  # a real load, not a trickle
     assert result.returncode == 0, result.stderr[-3000:]
+    inconclusive = [check["inconclusive"] for check in summary["checks"].values() if check["pass"] is None]
+    if inconclusive:  # every other check passed; the p99 comparison says nothing about the server on this run
+        pytest.skip(f"p99 stability not judged: {inconclusive[0]}")
