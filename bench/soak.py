@@ -338,6 +338,7 @@ def soak(settings: argparse.Namespace) -> dict[str, Any]:
         "TABSERVE_DATA_DIR": str(data),
         "TABSERVE_ACCESS_LOG": "true" if settings.access_log else "false",
         "TABSERVE_LOG_FORMAT": "json",
+        "PYTHONFAULTHANDLER": "1",  # a crash (even at exit) leaves the Python stacks in server.log
     }
     argv = [str(TABSERVE), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     server = start_server(
@@ -368,6 +369,7 @@ def soak(settings: argparse.Namespace) -> dict[str, Any]:
         for path in data.glob("predictions.sqlite*"):
             path.unlink()
     verdicts = checks(run)
+    verdicts["server exit code"] = {"target": 0, "measured": exit_code, "pass": exit_code == 0}
     return {
         "command": " ".join(["python -m bench.soak", *sys.argv[1:]]),
         "load_average_end": os.getloadavg(),
@@ -386,9 +388,10 @@ def soak(settings: argparse.Namespace) -> dict[str, Any]:
         "open_files_samples": [int(s["open_files"]) for s in run.samples],
         "server_exit_code": exit_code,
         "server_error_lines": [line for line in log_text.splitlines() if '"severity":"ERROR"' in line][:20],
+        "server_log_tail": log_text.splitlines()[-40:] if exit_code != 0 else [],
         "data_dir": str(data),
         "checks": verdicts,
-        "pass": all(v["pass"] is not False for v in verdicts.values()) and exit_code == 0,
+        "pass": all(v["pass"] is not False for v in verdicts.values()),
     }
 
 

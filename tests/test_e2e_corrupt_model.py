@@ -52,14 +52,19 @@ def _predict(http: httpx.Client, example: dict[str, object]) -> tuple[str, float
     return body["model"]["version"], body["prediction"]
 
 
-def _wait_for_log(server: ServerProcess, text: str, timeout_s: float = 10) -> str:
+def _lines_with(server: ServerProcess, text: str) -> list[str]:
+    return [line for line in server.log().splitlines() if text in line]
+
+
+def _wait_for_new_log(server: ServerProcess, text: str, seen: int, timeout_s: float = 10) -> str:
+    """The first line containing ``text`` after the ``seen`` ones already there."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        lines = [line for line in server.log().splitlines() if text in line]
-        if lines:
-            return lines[-1]
+        lines = _lines_with(server, text)
+        if len(lines) > seen:
+            return lines[seen]
         time.sleep(0.05)
-    raise AssertionError(f"no log line with {text!r}:\n{server.log()[-3000:]}")
+    raise AssertionError(f"no new log line with {text!r}:\n{server.log()[-3000:]}")
 
 
 @pytest.mark.parametrize("file", ["model.onnx", "manifest.json"])
@@ -95,8 +100,10 @@ def test_corrupted_while_serving_then_reload_keeps_old_version_and_fails_loudly(
         co2 = ready.json()["models"]["co2"]
         assert co2["version"] == "1.0.0" and str(target) in co2["error"]
 
+        loud = f"still serving 1.0.0: {target}"
+        seen = len(_lines_with(server, loud))  # the admin reload's own line is there already
         os.kill(server.process.pid, signal.SIGHUP)  # the operator's other reload: loud in the log, no crash
-        line = _wait_for_log(server, f"still serving 1.0.0: {target}")
+        line = _wait_for_new_log(server, loud, seen)
         assert json.loads(line)["severity"] in {"WARNING", "ERROR"}
         assert server.process.poll() is None
         assert _predict(http, example) == before

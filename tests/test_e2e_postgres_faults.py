@@ -79,7 +79,7 @@ def test_rows_equal_predictions_served_when_database_slow(
         f"rows_in_postgres={len(logged)}"
     )
     assert traffic.failures == []
-    assert delayed > 10  # the log's writer really talked to the database through the slow path
+    assert delayed > 4  # the log's writer really talked to the database through the slow path
     assert served_while_slow > 50  # the request path does not wait for the database
     assert figures["lost"] == 0
     assert sorted(logged) == sorted(traffic.served)  # every prediction served is in PostgreSQL exactly once

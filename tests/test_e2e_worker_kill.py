@@ -118,7 +118,7 @@ def test_killed_worker_is_replaced_and_errors_stay_bounded(
     )
     assert replaced_s is not None and ready_s is not None, server.log()[-3000:]
     assert len(after) == 2 and victim not in after
-    assert ready_s < 15
+    assert ready_s < 20  # ~1 s on a quiet machine; 8.6 s seen with the load average at 6
     assert len(errors) <= CLIENTS  # at most the request each client connection had on the dead worker
     assert late_errors == []
     assert served_after_recovery > served_at_kill + 100
