@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck check bench container-test audit clean
+.PHONY: install serve test lint typecheck check bench soak container-test audit clean
 
 install: $(STAMP)  ## create .venv with serving, training and dev dependencies (locked, hashed)
 
@@ -33,6 +33,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)  ## the side-by-side benchmark (bench/README.md)
 	bash bench/run.sh
+
+soak: $(STAMP)  ## 10 minutes at half the measured capacity (docs/reliability.md); bench/results/soak.json
+	$(BIN)/python -m bench.soak --duration 600 --window 60 --warmup 30 --out bench/results/soak.json
 
 container-test: $(STAMP)  ## build the image with podman, run it locked down, predict, stop
 	bash deploy/container-test.sh

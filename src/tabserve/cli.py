@@ -76,6 +76,10 @@ def _preflight(settings: Settings) -> str | None:
 
 
 def _uvicorn_log_config(settings: Settings) -> dict[str, object]:
+    """uvicorn's loggers and tabserve's module loggers (``tabserve.store``: the prediction log's spill, replay
+    and data-loss lines) on stdout in the service's format. Without the ``tabserve`` entry those lines reached
+    only Python's last-resort handler: bare text on stderr, no severity, invisible to a JSON log pipeline. The
+    apps' own loggers (``tabserve.app.<id>``) have their handler and do not propagate, so nothing is doubled."""
     formatter: dict[str, object] = (
         {"()": "tabserve.observability.logging.JsonFormatter", "project": settings.google_cloud_project or None}
         if settings.log_format == "json"
@@ -91,6 +95,7 @@ def _uvicorn_log_config(settings: Settings) -> dict[str, object]:
         "loggers": {
             "uvicorn": {"handlers": ["stdout"], "level": "WARNING", "propagate": False},
             "uvicorn.error": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
+            "tabserve": {"handlers": ["stdout"], "level": settings.log_level.upper(), "propagate": False},
         },
     }
 
