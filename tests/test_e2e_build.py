@@ -251,3 +251,21 @@ def test_rebuilt_version_is_hot_reloaded(world: World) -> None:
     example = rebuilt.manifest()["example_request"]
     answer = httpx.post(f"{world.server.url}/models/diabetes/predict", json=example, timeout=30).json()
     assert answer["model"]["version"] == "1.1.0"
+
+
+def test_new_model_name_is_served_after_a_reload(world: World) -> None:
+    """Serving every model on disk (no ``TABSERVE_MODELS``): a name built while serving is served on reload."""
+    late = run_build(world.models, world.data["wine"], "wine-late")
+    missing = httpx.post(f"{world.server.url}/models/wine-late/predict", json={}, timeout=30)
+    assert missing.status_code == 404
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    response = httpx.post(f"{world.server.url}/admin/reload", json={"model": "wine-late"}, headers=headers, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["previous_version"] is None
+    answer = httpx.post(
+        f"{world.server.url}/models/wine-late/predict", json=late.manifest()["example_request"], timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["model"]["name"], answer.json()["model"]["version"]) == ("wine-late", late.path.name)
+    names = [m["name"] for m in httpx.get(f"{world.server.url}/models", timeout=30).json()["models"]]
+    assert "wine-late" in names

@@ -97,6 +97,7 @@ class ModelRegistry:
         listener: Listener | None = None,
     ) -> None:
         self.root = root
+        self.discover = not wanted  # serving every model on disk: a model folder added later is served on reload
         self.wanted = dict(wanted) or dict.fromkeys(list_models(root))
         self.fallbacks = fallbacks
         self.strict_fields = strict_fields
@@ -149,15 +150,19 @@ class ModelRegistry:
     def reload(self, name: str, version: str | None = None) -> ServingModel:
         """Verify, load and warm ``version`` (newest when None); swap it in; on failure keep the old one."""
         state = self._states.get(name)
-        if state is None:
+        if state is None and not (self.discover and name in list_models(self.root)):
             raise ModelNotFoundError(f"model {name!r} is not configured (configured: {', '.join(self._states)})")
         with self._reload_lock:
             try:
                 model = self._load(name, version)
             except TabserveError as exc:
+                if state is None:  # a new folder that does not verify: never served, readiness unchanged
+                    raise
                 state.error = f"reload to {version or 'newest'} failed, still serving {state.version}: {exc.detail}"
                 self._notify(state)
                 raise
+            if state is None:  # a model folder added while serving (``tabserve build``): served from now on
+                state = self._states.setdefault(name, ModelState(name, requested_version=version))
             state.requested_version = version
             self._install(state, model)
             return model
@@ -186,3 +191,7 @@ class ModelRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._states)
+
+    def new_on_disk(self) -> list[str]:
+        """Model folders added under the root since start-up (only when every model on disk is served)."""
+        return [n for n in list_models(self.root) if n not in self._states] if self.discover else []

@@ -234,7 +234,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def _reload_all(ctx: AppContext) -> None:
-    for name in ctx.registry.names():
+    for name in ctx.registry.names() + ctx.registry.new_on_disk():
         try:
             await asyncio.to_thread(ctx.registry.reload, name, ctx.settings.model_versions().get(name))
         except TabserveError:

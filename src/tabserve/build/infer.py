@@ -286,7 +286,9 @@ def infer_schema(
     if spec.required:
         complete = frame[list(spec.required)].notna().all(axis=1)
         if not bool(complete.all()):
-            warnings.append(f"{int((~complete).sum())} rows without a required input ({', '.join(spec.required)}) were left out")
+            warnings.append(
+                f"{int((~complete).sum())} rows without a required input ({', '.join(spec.required)}) were left out"
+            )
             frame = frame.loc[complete]
     frame = frame.copy()
     if len(frame) < MIN_ROWS:

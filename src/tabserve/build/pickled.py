@@ -205,7 +205,9 @@ def _convert(estimator: Any, features: list[str], types: dict[str, str], task: s
     has_text = any(types[n] == "string" for n in features)
     per_column = has_text or any(type(part).__name__ == "ColumnTransformer" for part in parts)
     if per_column:
-        initial = [(n, StringTensorType([None, 1]) if types[n] == "string" else FloatTensorType([None, 1])) for n in features]
+        initial = [
+            (n, StringTensorType([None, 1]) if types[n] == "string" else FloatTensorType([None, 1])) for n in features
+        ]
     else:
         initial = [("X", FloatTensorType([None, len(features)]))]
     model = to_onnx(estimator, initial_types=initial, options=options, target_opset={"": OPSET, "ai.onnx.ml": 3})

@@ -33,7 +33,7 @@ def print_report(args: argparse.Namespace) -> int:
     result = run_build(args, sys.stderr)
     print(f"built {args.name} {result.version} in {result.seconds:.1f} s: {result.path}")
     print(_metric_line(result))
-    print("serve it (a running server picks a new version of a served model up on POST /admin/reload or SIGHUP):")
+    print("serve it (a running server serving every model on disk picks it up on POST /admin/reload or SIGHUP):")
     print(f"  tabserve serve   # TABSERVE_MODELS_DIR={args.models_dir}")
     print(curl_command(args.name, result.example, args.port))
     return 0
