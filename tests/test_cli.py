@@ -73,3 +73,20 @@ def test_every_command_is_in_the_readme() -> None:
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     for name in commands:
         assert f"`tabserve {name}" in readme, name
+
+
+def test_a_command_whose_extra_is_missing_names_the_install_line(tmp_path: Path) -> None:
+    """The serving image carries no training libraries: `tabserve build` there says which extra to install."""
+    csv = tmp_path / "t.csv"
+    csv.write_text("x,y\n1,2\n2,3\n")
+    script = (
+        "import sys; sys.modules['pandas'] = None; from tabserve.cli import main; "
+        f"raise SystemExit(main(['build', '--data', {str(csv)!r}, '--target', 'y', '--name', 't', "
+        f"'--models-dir', {str(tmp_path / 'models')!r}]))"
+    )
+    python = TABSERVE.parent / "python"
+    result = subprocess.run([str(python), "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "tabserve build: needs the 'train' extra (module 'pandas' is not installed)" in result.stderr
+    assert "pip install 'tabserve[train]'" in result.stderr
+    assert "Traceback" not in result.stderr

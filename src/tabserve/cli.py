@@ -373,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: commands that need an optional extra (``pyproject.toml``): a missing module is named with the install line
+_EXTRA_OF_COMMAND = {"train": "train", "build": "train", "evaluate": "train", "score": "score"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -382,6 +386,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except ValueError as exc:  # bad arguments found after parsing (e.g. --since)
         print(f"tabserve {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional extra missing (the serving image carries none of them)
+        extra = _EXTRA_OF_COMMAND.get(args.command)
+        if extra is None:
+            raise
+        print(
+            f"tabserve {args.command}: needs the '{extra}' extra (module {exc.name!r} is not installed): "
+            f"pip install 'tabserve[{extra}]'",
+            file=sys.stderr,
+        )
         return 2
     return code
 
