@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import hashlib
 import json
 import os
 import subprocess
@@ -43,7 +44,7 @@ def _onnx_file_session(path: Path) -> ort.InferenceSession:
 @pytest.mark.parametrize("model_dir", [CO2, PENGUINS], ids=["co2", "penguins"])
 def test_session_opened_from_ort_format_answers_bitwise_like_the_onnx_file(model_dir: Path) -> None:
     verified = verify_model_dir(model_dir)
-    session, form = open_session(verified.onnx_path)
+    session, form = open_session(verified.onnx_bytes())
     assert form == "ort"
     reference = _onnx_file_session(verified.onnx_path)
     name = verified.manifest.onnx.input_name
@@ -73,9 +74,12 @@ def test_session_falls_back_to_the_onnx_file_without_a_temporary_directory(
 
 def test_unloadable_onnx_still_names_the_file(tmp_path: Path) -> None:
     verified = verify_model_dir(CO2)
-    (tmp_path / verified.manifest.onnx.file).write_bytes(b"not a protobuf")
+    junk = b"not a protobuf"
+    (tmp_path / verified.manifest.onnx.file).write_bytes(junk)
+    files = {**verified.manifest.files, verified.manifest.onnx.file: hashlib.sha256(junk).hexdigest()}
+    manifest = verified.manifest.model_copy(update={"files": files})  # a sealed but unloadable graph
     with pytest.raises(ArtifactError, match=r"model\.onnx: ONNX Runtime cannot load it"):
-        OnnxModel(VerifiedModel(tmp_path, verified.manifest))  # the sha256 check bypassed: the load itself fails
+        OnnxModel(VerifiedModel(tmp_path, manifest))
 
 
 class _MallInfo2(ctypes.Structure):
@@ -103,9 +107,10 @@ def test_ort_format_session_holds_less_than_half_the_heap_of_the_onnx_file() -> 
     onnx_session = _onnx_file_session(path)
     onnx_bytes = _heap_in_use() - before
     del onnx_session
+    graph = path.read_bytes()
     gc.collect()
     before = _heap_in_use()
-    ort_session, form = open_session(path)
+    ort_session, form = open_session(graph)
     ort_bytes = _heap_in_use() - before
     assert form == "ort"
     assert onnx_bytes > 8 * 2**20, onnx_bytes
@@ -193,7 +198,7 @@ def rss_file():
         if line.startswith("RssFile:"):
             return int(line.split()[1])
 
-session, _ = open_session(Path(sys.argv[1]))
+session, _ = open_session(Path(sys.argv[1]).read_bytes())
 x = np.zeros((4, session.get_inputs()[0].shape[1]), dtype=np.float32)
 first = session.run(None, {"X": x})[0]
 before = rss_file()

@@ -62,6 +62,21 @@ class VerifiedModel:
     def onnx_path(self) -> Path:
         return self.path / self.manifest.onnx.file
 
+    def onnx_bytes(self) -> bytes:
+        """The graph's bytes, checked again against the manifest's sha256 as they are read: the session is built
+        from these bytes, never by reopening the path, so a file changed after verification is not loaded."""
+        data = self.onnx_path.read_bytes()
+        expected = self.manifest.files[self.manifest.onnx.file]
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected:
+            raise IntegrityError(
+                f"{self.onnx_path}: sha256 mismatch (expected {expected}, actual {actual})",
+                path=str(self.onnx_path),
+                expected=expected,
+                actual=actual,
+            )
+        return data
+
 
 PICKLE_SUFFIXES = frozenset({".pkl", ".pickle", ".joblib", ".dill", ".sav", ".pt", ".pth"})
 """Files that are (or may hold) pickles: a model folder holding one is refused before anything is read."""

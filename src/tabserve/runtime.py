@@ -293,9 +293,9 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
 PROVIDERS = ["CPUExecutionProvider"]
 
 
-def open_session(onnx_path: Path, threads: int = 1) -> tuple[ort.InferenceSession, str]:
-    """An ONNX Runtime session for ``onnx_path``, built from the graph converted to ORT format; also the format
-    it was opened from (``"ort"``, or ``"onnx"`` after the fallback below).
+def open_session(graph: bytes, threads: int = 1) -> tuple[ort.InferenceSession, str]:
+    """An ONNX Runtime session for the (verified) ONNX ``graph`` bytes, built from the graph converted to ORT
+    format; also the format it was opened from (``"ort"``, or ``"onnx"`` after the fallback below).
 
     A session opened from an ONNX file keeps every ``NodeProto`` of the loaded model for its lifetime, a
     duplicate of the attributes its nodes already own (microsoft/onnxruntime#32047). For a tree ensemble the
@@ -303,7 +303,7 @@ def open_session(onnx_path: Path, threads: int = 1) -> tuple[ort.InferenceSessio
     graph in ORT format. So the graph is optimised once, saved in ORT format to a private temporary directory,
     and the serving session is opened from that (same kernels, outputs bitwise equal; a test checks it); the
     file is deleted once loaded. If that fails (no writable temporary directory, a full disk), the session is
-    opened from the ONNX file directly, and any error of the model itself is raised from there.
+    opened from the ONNX bytes directly, and any error of the model itself is raised from there.
     """
     try:
         with tempfile.TemporaryDirectory(prefix="tabserve-ort-") as tmp:
@@ -311,11 +311,11 @@ def open_session(onnx_path: Path, threads: int = 1) -> tuple[ort.InferenceSessio
             convert = session_options(threads)
             convert.optimized_model_filepath = str(converted)
             convert.add_session_config_entry("session.save_model_format", "ORT")
-            ort.InferenceSession(str(onnx_path), sess_options=convert, providers=PROVIDERS)
+            ort.InferenceSession(graph, sess_options=convert, providers=PROVIDERS)
             session = ort.InferenceSession(str(converted), sess_options=session_options(threads), providers=PROVIDERS)
             return session, "ort"
     except Exception:  # onnxruntime's own untyped exceptions, or OSError from the temporary directory
-        session = ort.InferenceSession(str(onnx_path), sess_options=session_options(threads), providers=PROVIDERS)
+        session = ort.InferenceSession(graph, sess_options=session_options(threads), providers=PROVIDERS)
         return session, "onnx"
 
 
@@ -327,8 +327,9 @@ class OnnxModel:
         self.path = verified.path
         self.encoder = ColumnEncoder(self.manifest.columns)
         self._coalescer = RowCoalescer(self.run)
+        graph = verified.onnx_bytes()  # IntegrityError if the file changed since it was verified
         try:
-            self._session, self.session_format = open_session(verified.onnx_path, threads)
+            self._session, self.session_format = open_session(graph, threads)
         except Exception as exc:  # onnxruntime raises its own untyped exceptions
             raise ArtifactError(f"{verified.onnx_path}: ONNX Runtime cannot load it: {exc}") from exc
         self._input = self.manifest.onnx.input_name
