@@ -269,3 +269,29 @@ def test_new_model_name_is_served_after_a_reload(world: World) -> None:
     assert (answer.json()["model"]["name"], answer.json()["model"]["version"]) == ("wine-late", late.path.name)
     names = [m["name"] for m in httpx.get(f"{world.server.url}/models", timeout=30).json()["models"]]
     assert "wine-late" in names
+
+
+@pytest.mark.parametrize(("name", "data"), [("diabetes-ridge", "mixed"), ("wine-lgbm", "wine")])
+def test_tabserve_score_answers_like_the_server(world: World, name: str, data: str, tmp_path: Path) -> None:
+    """A built version scores a file (``tabserve score``) with the server's answers, row for row."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "scored.parquet"
+    args = [str(TABSERVE), "score", str(world.data[data]), str(out), "--model", name, "--models", str(world.models)]
+    done = subprocess.run(args, capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr
+    scored = pq.read_table(out).to_pylist()
+    rows = pd.read_csv(world.data[data]).drop(columns="target")
+    assert len(scored) == len(rows)
+    for index in range(0, len(rows), 37):
+        instance = {k: v for k, v in rows.iloc[index].to_dict().items() if not (isinstance(v, float) and math.isnan(v))}
+        answer = httpx.post(f"{world.server.url}/models/{name}/predict", json=instance, timeout=30).json()
+        row = scored[index]
+        assert row["prediction"] == answer["prediction"], (index, row, answer)
+        if "interval" in answer:
+            assert (row["interval_lower"], row["interval_upper"]) == (
+                answer["interval"]["lower"],
+                answer["interval"]["upper"],
+            )
+        else:
+            assert json.loads(row["prediction_set"]) == answer["prediction_set"], (index, row, answer)  # a JSON array

@@ -34,6 +34,6 @@ def print_report(args: argparse.Namespace) -> int:
     print(f"built {args.name} {result.version} in {result.seconds:.1f} s: {result.path}")
     print(_metric_line(result))
     print("serve it (a running server serving every model on disk picks it up on POST /admin/reload or SIGHUP):")
-    print(f"  tabserve serve   # TABSERVE_MODELS_DIR={args.models_dir}")
+    print(f"  TABSERVE_MODELS_DIR={shlex.quote(str(args.models_dir))} tabserve serve --port {args.port}")
     print(curl_command(args.name, result.example, args.port))
     return 0
