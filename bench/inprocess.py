@@ -24,12 +24,16 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 
-async def _run(requests: int, repeats: int, log: bool, adaptive: bool, batch: int = 0) -> dict[str, Any]:
+async def _run(
+    requests: int, repeats: int, log: bool, adaptive: bool, batch: int = 0, journal: bool = True
+) -> dict[str, Any]:
     from tabserve.api import create_app
     from tabserve.config import Settings
 
     data = Path(tempfile.mkdtemp(prefix="tabserve-inprocess-"))
     extra: dict[str, Any] = {"coverage_adaptive": True} if adaptive else {}
+    if not journal:
+        extra["log_journal"] = False
     settings = Settings(
         models_dir=REPO / "models", data_dir=data, access_log=False, prediction_log=log, log_level="WARNING", **extra
     )
@@ -83,8 +87,10 @@ def main() -> None:
     parser.add_argument("--log", action="store_true", help="prediction log on (SQLite under a temp folder)")
     parser.add_argument("--adaptive", action="store_true", help="TABSERVE_COVERAGE_ADAPTIVE=true")
     parser.add_argument("--batch", type=int, default=0, help="rows per request (0: the single example vehicle)")
+    parser.add_argument("--no-journal", action="store_true", help="TABSERVE_LOG_JOURNAL=false (with --log)")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(_run(args.requests, args.repeats, args.log, args.adaptive, args.batch))))
+    result = asyncio.run(_run(args.requests, args.repeats, args.log, args.adaptive, args.batch, not args.no_journal))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from typing import Any
 
 from bench.bodies import EXAMPLE_VEHICLE
 from tabserve.store.base import PredictionStore
-from tabserve.store.log import CountingObserver, PredictionLog
+from tabserve.store.log import PredictionLog
+from tabserve.store.observer import CountingObserver
 from tabserve.store.postgres import PostgresStore
 from tabserve.store.record import PredictionRecord, record_row
 from tabserve.store.sqlite import SqliteStore

@@ -291,3 +291,24 @@ def test_log_spills_a_batch_and_replays_it_exactly_once(
     assert observer.total_written + observer.total_spilled == 25
     assert log.close(5)
     store.close()
+
+
+def test_a_journaled_batch_is_recovered_exactly_once(
+    tmp_path: Path, service: tuple[PredictionService, _Capture]
+) -> None:
+    """A batch a SIGKILLed worker had queued (``store.journal``) is stored by the next process in its slot."""
+    svc, capture = service
+    store = SqliteStore(tmp_path / "log.sqlite", busy_timeout_s=0.05)
+    store.migrate()
+    stored, queued = (_logged(svc, capture, name, 1_700_000_000.0 + i) for i, name in enumerate(["stored", "queued"]))
+    store.write_rows([stored])
+    (tmp_path / "spill.journal.3.jsonl").write_bytes(batch_line(stored) + batch_line(queued))
+    log = PredictionLog(store, spill_path=tmp_path / "spill.jsonl", batch_size=8, flush_interval_s=0.02)
+    log.start()
+    deadline = time.monotonic() + 10
+    while store.count() < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert log.close(5)
+    assert [r["request_id"] for r in store.export(None, None, False)] == ["stored"] * 5 + ["queued"] * 5
+    assert not list(tmp_path.glob("*.journal.*"))
+    store.close()

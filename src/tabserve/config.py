@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     log_queue_size: int = Field(default=5_000, ge=100)
     """Prediction-log rows held in memory for the writer (about 1 KB a row). When full, a request waits for
     the writer (at most 0.25 s) while the database is healthy; otherwise its rows go to the spill file."""
+    log_journal: bool = True
+    """Also append each queued prediction-log entry to a journal file next to the spill (page cache, no fsync):
+    the rows a worker killed with SIGKILL had queued are replayed by the next worker in its slot."""
     store_url: SecretStr = SecretStr("")
     """Prediction log store: empty = SQLite under ``data_dir``; ``postgresql://...`` for several instances."""
     max_batch: int = Field(default=10_000, ge=1)

@@ -92,6 +92,7 @@ def create_app(
             spill_path=settings.data_dir / SPILL_FILE,
             queue_size=settings.log_queue_size,
             observer=metrics.store_metrics(),
+            journal=settings.log_journal,
         )
     service = PredictionService(registry, max_batch=settings.max_batch, hooks=PredictionObserver(metrics, drift, log))
     admission = Admission(settings.max_in_flight, settings.max_queue_ms / 1000.0, _count_refusal(metrics))

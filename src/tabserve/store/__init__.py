@@ -6,7 +6,8 @@ with feedback in each model's training layout; ``prune`` applies retention.
 """
 
 from tabserve.store.base import FeedbackResult, PredictionStore, open_store
-from tabserve.store.log import CountingObserver, LogObserver, PredictionLog
+from tabserve.store.log import PredictionLog
+from tabserve.store.observer import CountingObserver, LogObserver
 from tabserve.store.record import PredictionRecord
 
 __all__ = [

@@ -9,7 +9,9 @@ A full queue makes ``submit`` wait for the writer (at most ``max_wait_s``) while
 healthy, and write straight to the spill otherwise; a spill that cannot be written is a loud error plus
 the ``spill_failed`` metric, never a silent drop. A spill left by an earlier process is
 replayed by the writer as soon as it starts. A batch request is one entry (``store.columnar.LogBatch``) all the
-way (queue, database, spill), counted as its rows wherever rows are counted.
+way (queue, database, spill), counted as its rows wherever rows are counted. With ``journal`` on (the default),
+each queued entry is also written to the slot's journal (``store.journal``: page cache, no fsync), so the rows a
+SIGKILLed process had queued are replayed by the next process in its slot.
 """
 
 from __future__ import annotations
@@ -20,53 +22,17 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 from tabserve.errors import NotFoundError, OverloadedError, StoreError
 from tabserve.store.base import FeedbackResult, PredictionStore
 from tabserve.store.columnar import LogBatch, LogEntry, count_rows, entry_request_id, entry_rows
+from tabserve.store.journal import Journal, entry_line
+from tabserve.store.observer import CountingObserver, LogObserver
 from tabserve.store.record import LogRow, PredictionRecord, record_row
 from tabserve.store.spill import SpillFile
 from tabserve.store.sql import RecordRejectedError
 
 log = logging.getLogger("tabserve.store")
-
-
-class LogObserver(Protocol):
-    """Metrics hooks (the service maps them onto Prometheus). Called from the writer thread, except
-    ``spilled``/``spill_failed`` which a full queue makes ``submit`` call directly. Must not raise."""
-
-    def queue_depth(self, n: int) -> None: ...
-    def written(self, n: int) -> None: ...
-    def spilled(self, n: int) -> None: ...
-    def replayed(self, n: int) -> None: ...
-    def spill_failed(self, n: int) -> None: ...
-
-
-class CountingObserver:
-    """A ``LogObserver`` that keeps totals (tests, benchmarks, ``PredictionLog.stats``)."""
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.total_written = 0
-        self.total_spilled = 0
-        self.total_replayed = 0
-        self.total_spill_failed = 0
-
-    def queue_depth(self, n: int) -> None:
-        self.depth = n
-
-    def written(self, n: int) -> None:
-        self.total_written += n
-
-    def spilled(self, n: int) -> None:
-        self.total_spilled += n
-
-    def replayed(self, n: int) -> None:
-        self.total_replayed += n
-
-    def spill_failed(self, n: int) -> None:
-        self.total_spill_failed += n
 
 
 class PredictionLog:
@@ -84,6 +50,7 @@ class PredictionLog:
         retry_delays_s: Sequence[float] = (0.05, 0.2),
         probe_max_s: float = 5.0,
         max_wait_s: float = 0.25,
+        journal: bool = True,
     ) -> None:
         if queue_size < 1 or batch_size < 1 or flush_interval_s <= 0:
             raise ValueError("queue_size and batch_size must be >= 1 and flush_interval_s > 0")
@@ -120,6 +87,9 @@ class PredictionLog:
         self._probe_delay = self.probe_min_s
         self._next_probe = 0.0
         self._replay_attempts = 0
+        self._journal_wanted = journal
+        self._journal: Journal | None = None
+        """Set by ``start`` (the journal belongs to the spill slot claimed there)."""
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -128,6 +98,14 @@ class PredictionLog:
             raise RuntimeError("PredictionLog already started")
         self.spill.open()
         self.rejects = SpillFile(self.spill.path.with_name(self.spill.path.stem + ".rejected.jsonl"))
+        if self._journal_wanted:
+            journal = Journal(self.spill.path)
+            try:
+                journal.recover(self.spill)
+            except StoreError as exc:  # kept on disk for the next start; this process logs without them
+                log.error("prediction log: cannot recover the journal next to %s: %s", self.spill.path, exc)
+            journal.open()
+            self._journal = journal
         if self.spill.pending:
             log.warning(
                 "prediction log: %d spilled records in %s will be replayed", self.spill.pending, self.spill.path
@@ -160,6 +138,8 @@ class PredictionLog:
                 log.error("prediction log writer did not stop within %.1f s (database hanging?)", timeout_s)
                 return False
             self._thread = None
+        if self._journal is not None:
+            self._journal.close(clean=clean)
         self.spill.close()
         return clean
 
@@ -186,6 +166,8 @@ class PredictionLog:
         self._hand_over(batch, batch.rows)
 
     def _hand_over(self, entry: list[LogRow] | LogEntry, n: int) -> None:
+        journal = self._journal if self._journal is not None and self._journal.active else None
+        line = entry_line(entry) if journal is not None else None
         with self._lock:
             if self._stopping.is_set():
                 pass
@@ -193,6 +175,8 @@ class PredictionLog:
                 self._queue.append(entry)
                 self._queued += n
                 self._accepted += n
+                if journal is not None and line is not None:
+                    journal.append(line)
                 if self._queued >= self.batch_size and not self._woken:
                     self._woken = True
                     self._cond.notify()
@@ -291,6 +275,8 @@ class PredictionLog:
                 self._woken = False
                 self._in_hand = batch
                 depth = self._queued
+                if self._journal is not None and taken:
+                    self._journal.rotate(self._accepted)
             try:
                 self.observer.queue_depth(depth)
                 self._maybe_replay()
@@ -303,9 +289,12 @@ class PredictionLog:
             with self._cond:
                 self._in_hand = []
                 self._handled += taken
+                handled = self._handled
                 if self._handled >= self._accepted:
                     self._flush_wanted = False
                 self._cond.notify_all()
+            if self._journal is not None and taken:
+                self._journal.release(handled)
 
     def _handle(self, batch: list[LogEntry]) -> None:
         if self._db_ok and not self.spill.pending:
