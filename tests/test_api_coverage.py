@@ -3,11 +3,18 @@ answers report the effective level only with adaptive levels on, and clear error
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 from fastapi.testclient import TestClient
+
+from conftest import MODELS
+from tabserve.api import create_app
+from tabserve.config import Settings
 
 
 def _example(client: TestClient, model: str) -> dict[str, Any]:
@@ -65,3 +72,31 @@ def test_adaptive_answers_report_requested_and_effective_level_when_on(make_clie
     assert batch[0]["interval"]["lower"] == second["lower"]  # the batch path serves the same adjusted interval
     penguin = client.post("/models/penguins/predict", json=_example(client, "penguins")).json()
     assert (penguin["level"], penguin["effective_level"]) == (0.9, 0.9)
+
+
+def test_shutdown_waits_for_a_background_coverage_read_before_closing_the_store(tmp_path: Path) -> None:
+    """The coverage refresh reads the log in a worker thread; closing SQLite under it crashed the process at exit
+    (SIGSEGV seen after a 10-minute soak). Shutdown now waits for the read, then closes the store."""
+    app = create_app(Settings(models_dir=MODELS, data_dir=tmp_path))
+    ctx = app.state.ctx
+    events: list[str] = []
+    source, close = ctx.coverage.source, ctx.log.backend.close
+    reading = threading.Event()
+
+    def slow_source(*args: Any) -> Any:
+        events.append("read started")
+        reading.set()
+        time.sleep(0.5)
+        rows = source(*args)
+        events.append("read done")
+        return rows
+
+    def recording_close() -> None:
+        events.append("store closed")
+        close()
+
+    ctx.coverage.source = slow_source
+    ctx.log.backend.close = recording_close
+    with TestClient(app):
+        assert reading.wait(10)  # the flusher's first refresh is in its thread: shut down now
+    assert events[:3] == ["read started", "read done", "store closed"], events

@@ -231,7 +231,21 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         flusher.cancel()
         ctx.admission.uninstall()
         gc.unfreeze()
-        await _close(ctx)
+        await _close(ctx, close_store=await _settle_store_readers(ctx))
+
+
+async def _settle_store_readers(ctx: AppContext) -> bool:
+    """Wait (a bounded time) for background reads of the log; True when none is left running."""
+    readers = set(ctx.store_readers)
+    if readers:
+        _, pending = await asyncio.wait(readers, timeout=max(1.0, ctx.settings.shutdown_grace_s * 0.25))
+        for job in readers - pending:
+            if not job.cancelled():
+                job.exception()  # retrieved: a failed refresh at shutdown is not worth a warning
+        if pending:
+            log_fields(ctx.logger, 30, "a coverage read is still running at shutdown: the store is left open")
+            return False
+    return True
 
 
 async def _reload_all(ctx: AppContext) -> None:
@@ -280,13 +294,20 @@ async def _refresh_coverage(ctx: AppContext, coverage: CoverageMonitor) -> None:
     for name, state in ctx.registry.states().items():
         if state.serving is None:
             continue
+        job = asyncio.ensure_future(
+            asyncio.to_thread(coverage.report, name, state.serving.manifest.conformal.pattern_names)
+        )
+        ctx.store_readers.add(job)
+        job.add_done_callback(ctx.store_readers.discard)
         try:
-            await asyncio.to_thread(coverage.report, name, state.serving.manifest.conformal.pattern_names)
+            await asyncio.shield(job)  # cancelling the flusher must not orphan the read: shutdown awaits it
+        except asyncio.CancelledError:
+            raise
         except Exception:  # never let monitoring stop the flusher (a store outage is logged by the log writer)
             ctx.logger.warning("coverage refresh failed for %s", name, exc_info=True)
 
 
-async def _close(ctx: AppContext) -> None:
+async def _close(ctx: AppContext, *, close_store: bool = True) -> None:
     ctx.access_log.flush()
     shed = ctx.admission.take_shed()
     if shed:
@@ -295,6 +316,7 @@ async def _close(ctx: AppContext) -> None:
         clean = await asyncio.to_thread(ctx.log.close, max(1.0, ctx.settings.shutdown_grace_s * 0.5))
         level = 20 if clean else 40
         log_fields(ctx.logger, level, "prediction log flushed" if clean else "prediction log flush incomplete")
-        ctx.log.backend.close()
+        if close_store:
+            ctx.log.backend.close()
     ctx.metrics.close()  # buffered observations reach prometheus_client (multiprocess: the shared files)
     ctx.tracing.shutdown()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -38,6 +39,9 @@ class AppContext:
     """Realised coverage from feedback (None when the prediction log is off)."""
     auth: Authenticator | None = None
     """The API keys and the credential each route needs (``api/auth.py``)."""
+    store_readers: set[asyncio.Future[Any]] = field(default_factory=set)
+    """Background reads of the prediction log in worker threads (coverage refresh): awaited before the store
+    closes at shutdown (a SQLite connection closed under a reading thread crashes the process)."""
 
 
 async def _context(request: Request) -> AppContext:  # async: FastAPI would run a sync one in a thread
