@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,8 @@ def test_rows_queued_by_a_sigkilled_process_are_replayed_by_the_next(
     wait_until(lambda: store.count() == 300)
     assert log.close(5)
     assert db_keys(store) == keys([record(i) for i in range(300)])  # in order, none doubled
-    assert observer.total_replayed == 300 - stored
+    # rows the dead process had stored come back too when it died before deleting their segment: skipped
+    assert observer.total_replayed in (300 - stored, 300)
     assert _segments(tmp_path) == []
 
 
@@ -115,7 +117,7 @@ def test_clean_close_leaves_no_segment_and_the_journal_can_be_off(store: SqliteS
     for i in range(500):
         log.submit([record(i)])
     assert log.flush(10)
-    assert len(_segments(tmp_path)) <= 2  # rotated at every batch the writer takes; stored ones deleted
+    assert len(_segments(tmp_path)) <= 3  # the current, the spare, one awaiting its batch; stored ones deleted
     assert log.close(5)
     assert _segments(tmp_path) == []
     quiet, _ = _new_log(store, tmp_path, journal=False)
@@ -126,24 +128,25 @@ def test_clean_close_leaves_no_segment_and_the_journal_can_be_off(store: SqliteS
     assert store.count() == 510
 
 
-def test_a_journal_that_cannot_be_written_is_one_error_and_resumes(
+def test_a_journal_that_cannot_be_allocated_is_one_error_and_resumes(
     store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    real_write = os.write
+    real_fallocate = os.posix_fallocate
     full = True
 
-    def write(fd: int, data: bytes | memoryview) -> int:
-        if full and ".journal." in Path(f"/proc/self/fd/{fd}").readlink().name:
+    def fallocate(fd: int, offset: int, length: int) -> None:
+        if full:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(fd, data)
+        real_fallocate(fd, offset, length)
 
-    monkeypatch.setattr(journal_module.os, "write", write)  # os itself: every other write passes through
+    monkeypatch.setattr(journal_module.os, "posix_fallocate", fallocate)  # os itself: only the journal calls it
     log, _ = _new_log(store, tmp_path)
     with caplog.at_level(logging.WARNING, logger="tabserve.store"):
         log.start()
         for i in range(200):
             log.submit([record(i)])
         assert log.flush(10)
+        wait_until(lambda: _segments(tmp_path) == [])  # no half-made segment left behind
         full = False
         for i in range(200, 400):
             log.submit([record(i)])
@@ -154,3 +157,17 @@ def test_a_journal_that_cannot_be_written_is_one_error_and_resumes(
     assert log.close(5)
     assert store.count() == 400  # the log itself never noticed
     assert _segments(tmp_path) == []
+
+
+def test_a_line_longer_than_a_segment_gets_a_segment_of_its_own(store: SqliteStore, tmp_path: Path) -> None:
+    journal = journal_module.Journal(tmp_path / "spill.jsonl", segment_bytes=4096)
+    journal.open()
+    lines = [journal_module.entry_line(record_row(record(i))) for i in range(40)]
+    long_row = record_row(replace(record(99), inputs_raw={"note": "x" * 10_000}))
+    for n, line in enumerate([*lines[:20], journal_module.entry_line(long_row), *lines[20:]], start=1):
+        journal.append(line, n)
+    recovered = [entry for path in journal.leftovers() for entry in journal_module.read_journal(path)]
+    assert [row[:2] for row in recovered] == [row[:2] for row in [*map(record_row, map(record, range(20))),
+                                               long_row, *map(record_row, map(record, range(20, 40)))]]  # fmt: skip
+    journal.close(clean=True)
+    assert journal.leftovers() == []

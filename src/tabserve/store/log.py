@@ -176,7 +176,7 @@ class PredictionLog:
                 self._queued += n
                 self._accepted += n
                 if journal is not None and line is not None:
-                    journal.append(line)
+                    journal.append(line, self._accepted)
                 if self._queued >= self.batch_size and not self._woken:
                     self._woken = True
                     self._cond.notify()
