@@ -1,8 +1,9 @@
 """Build-time check of the serving image (run by the Dockerfile, never shipped in it).
 
-Imports every tabserve module except the optional extras' packages (training and build need pandas/scikit-learn,
-score needs pyarrow; the serving image carries none of them), then loads every bundled model version exactly as the server does
-(``load_serving_model``: verify, open the ONNX session, validate and run the manifest's example request).
+Imports every tabserve module except the optional extras' packages (training, the build included, needs
+pandas/scikit-learn, score needs pyarrow; the serving image carries none of them), then loads every bundled model
+version exactly as the server does (``load_serving_model``: verify, open the ONNX session, validate and run the
+manifest's example request).
 A venv trim that removed something serving needs fails the build here.
 """
 
@@ -22,7 +23,7 @@ from tabserve.registry import load_serving_model
 
 
 #: packages of optional extras (``train``, ``score``/``spark``): not installed in the serving image
-OPTIONAL_PACKAGES = ("tabserve.training", "tabserve.build", "tabserve.score")
+OPTIONAL_PACKAGES = ("tabserve.training", "tabserve.score")
 
 
 def main(root: Path) -> int:

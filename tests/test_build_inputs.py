@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tabserve.build.infer import MIN_ROWS, infer_schema
-from tabserve.build.spec import BuildSpec, parse_spec
 from tabserve.cli import main
 from tabserve.errors import BuildError
+from tabserve.training.build.infer import MIN_ROWS, infer_schema
+from tabserve.training.build.spec import BuildSpec, parse_spec
 
 pytestmark = pytest.mark.training
 
@@ -188,7 +188,7 @@ def test_cli_parser_imports_nothing_of_the_build() -> None:
 
     code = (
         "import sys; from tabserve.cli import build_parser; build_parser().parse_args(['build', '--data', 'x', "
-        "'--name', 'n']); heavy = {'pandas', 'sklearn', 'lightgbm', 'onnx', 'tabserve.build.command'}; "
+        "'--name', 'n']); heavy = {'pandas', 'sklearn', 'lightgbm', 'onnx', 'tabserve.training.build.command'}; "
         "print(sorted(heavy & set(sys.modules)))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -196,8 +196,8 @@ def test_cli_parser_imports_nothing_of_the_build() -> None:
 
 
 def test_parity_failure_names_the_rows() -> None:
-    from tabserve.build.command import _parity
-    from tabserve.build.table import Rows
+    from tabserve.training.build.command import _parity
+    from tabserve.training.build.table import Rows
 
     rows = Rows({"x": [1.0, 2.0, 3.0, 4.0]}, np.array([10.0, 20.0, 30.0, 40.0]), np.array([5, 6, 7, 8]))
     reference = np.array([10.0, 20.0, 30.0, 40.0])
@@ -214,7 +214,7 @@ def test_adapter_feeds_named_inputs_from_the_matrix() -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from tabserve.build.convert import MATRIX_INPUT, InputSource, adapt_to_matrix
+    from tabserve.training.build.convert import MATRIX_INPUT, InputSource, adapt_to_matrix
 
     graph = helper.make_graph(
         [

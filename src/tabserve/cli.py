@@ -47,8 +47,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    """A table (and optionally a fitted model or an ONNX file) to a sealed, calibrated version (``tabserve.build``)."""
-    from tabserve.build.report import print_report  # the train extra: imported only for this command
+    """A table (and optionally a fitted model or an ONNX file) to a sealed, calibrated version
+    (``tabserve.training.build``)."""
+    from tabserve.training.build.report import print_report  # the train extra: imported only for this command
 
     return print_report(args)
 
@@ -321,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-plots", action="store_true", help="skip the model card's PNG plots")
     train.set_defaults(func=_cmd_train)
 
-    from tabserve.build.arguments import add_build_parser  # argparse only: nothing of the build is imported
+    from tabserve.training.build.arguments import add_build_parser  # argparse only: nothing of the build is imported
 
     add_build_parser(sub, _cmd_build, str(DEFAULT_MODELS))
 

@@ -1,7 +1,7 @@
 """A user's fitted model (joblib/pickle): opened only here, only with ``--trust-pickle``, only in a child process.
 
 Unpickling runs code, so the build process never does it: ``convert_in_child`` writes the rows to a private
-folder and starts ``python -m tabserve.build.pickled FOLDER``, which loads the file, checks every estimator
+folder and starts ``python -m tabserve.training.build.pickled FOLDER``, which loads the file, checks every estimator
 against ``SUPPORTED``, converts it to ONNX (skl2onnx, with onnxmltools' LightGBM converter registered) and
 writes the graph, the original model's predictions on the rows and its classes. The parent reads only ONNX,
 NumPy and JSON back. Numbers reach the original float32-rounded, as the server's matrix holds them.
@@ -78,7 +78,7 @@ def convert_in_child(model_path: Path, frame: Any, types: dict[str, str], task: 
         (work / "request.json").write_text(json.dumps(request), encoding="utf-8")
         try:
             done = subprocess.run(  # noqa: S603 - our own module, run by this interpreter, no shell
-                [sys.executable, "-m", "tabserve.build.pickled", str(work)],
+                [sys.executable, "-m", "tabserve.training.build.pickled", str(work)],
                 capture_output=True,
                 text=True,
                 timeout=CHILD_TIMEOUT_S,
@@ -211,7 +211,7 @@ def _convert(estimator: Any, features: list[str], types: dict[str, str], task: s
     else:
         initial = [("X", FloatTensorType([None, len(features)]))]
     model = to_onnx(estimator, initial_types=initial, options=options, target_opset={"": OPSET, "ai.onnx.ml": 3})
-    from tabserve.build.convert import lightgbm_thresholds, round_thresholds_down
+    from tabserve.training.build.convert import lightgbm_thresholds, round_thresholds_down
 
     thresholds = [t for part in parts if hasattr(part, "booster_") for t in lightgbm_thresholds(part.booster_)]
     if thresholds:

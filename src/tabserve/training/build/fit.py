@@ -14,9 +14,9 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
-from tabserve.build.convert import lightgbm_thresholds, round_thresholds_down
-from tabserve.build.infer import Schema
-from tabserve.build.table import Rows, augmented
+from tabserve.training.build.convert import lightgbm_thresholds, round_thresholds_down
+from tabserve.training.build.infer import Schema
+from tabserve.training.build.table import Rows, augmented
 
 ONE_HOT_MAX = 12
 ORDINAL_UNKNOWN = -2.0

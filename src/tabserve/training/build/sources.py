@@ -17,7 +17,8 @@ import onnx
 import pandas as pd
 from onnx import TensorProto
 
-from tabserve.build.convert import (
+from tabserve.errors import BuildError
+from tabserve.training.build.convert import (
     MATRIX_INPUT,
     NUMERIC_TYPES,
     InputSource,
@@ -25,7 +26,7 @@ from tabserve.build.convert import (
     cast_matrix_input,
     graph_inputs,
 )
-from tabserve.build.fit import (
+from tabserve.training.build.fit import (
     column_layout,
     export_lightgbm,
     export_linear,
@@ -33,10 +34,9 @@ from tabserve.build.fit import (
     fit_linear,
     reference_outputs,
 )
-from tabserve.build.infer import Schema
-from tabserve.build.pickled import convert_in_child
-from tabserve.build.table import Rows, Splits
-from tabserve.errors import BuildError
+from tabserve.training.build.infer import Schema
+from tabserve.training.build.pickled import convert_in_child
+from tabserve.training.build.table import Rows, Splits
 
 OWN_CHECK_ROWS = 20_000
 CODE_UNKNOWN = -1.0

@@ -17,11 +17,11 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from tabserve.build.infer import CALIBRATION_SHARE, TEST_SHARE, Schema, category_text
-from tabserve.build.spec import BuildSpec
 from tabserve.errors import BuildError
 from tabserve.features.text import normalise_key
 from tabserve.features.units import FAMILIES
+from tabserve.training.build.infer import CALIBRATION_SHARE, TEST_SHARE, Schema, category_text
+from tabserve.training.build.spec import BuildSpec
 
 VALIDATION_SHARE = 0.15
 """Of the training split: the rows early stopping (and the temperature) look at."""

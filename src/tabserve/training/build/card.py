@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tabserve.build.infer import Schema
-from tabserve.build.table import Rows, Splits
 from tabserve.manifest import level_key
+from tabserve.training.build.infer import Schema
+from tabserve.training.build.table import Rows, Splits
 from tabserve.training.card import (
     ModelCard,
     Plot,

@@ -7,7 +7,7 @@ import json
 import shlex
 import sys
 
-from tabserve.build.command import BuildResult, run_build
+from tabserve.training.build.command import BuildResult, run_build
 
 
 def _metric_line(result: BuildResult) -> str:

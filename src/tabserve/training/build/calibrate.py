@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tabserve.build.table import Rows, masked, pattern_keys
 from tabserve.manifest import level_key
+from tabserve.training.build.table import Rows, masked, pattern_keys
 from tabserve.training.card import expected_calibration_error
 from tabserve.training.conformal import (
     LEVELS,

@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 
 from tabserve.artifacts import NAME_RE, VERSION_RE, list_versions, version_sort_key, write_manifest
-from tabserve.build.infer import Feature, Schema
-from tabserve.build.spec import BuildSpec
-from tabserve.build.table import Rows
 from tabserve.errors import BuildError
 from tabserve.features.text import normalise_key
 from tabserve.features.units import FAMILIES
 from tabserve.manifest import Manifest
+from tabserve.training.build.infer import Feature, Schema
+from tabserve.training.build.spec import BuildSpec
+from tabserve.training.build.table import Rows
 from tabserve.training.describe import category_shares, numeric_histogram, training_range
 
 PLAUSIBLE_MARGIN = 1.0

@@ -25,15 +25,18 @@ import onnxruntime as ort
 from pydantic import TypeAdapter
 
 from tabserve.artifacts import verify_model_dir
-from tabserve.build.calibrate import conformal_tables, fit_temperature, pattern_names, test_metrics
-from tabserve.build.card import write_build_card
-from tabserve.build.convert import choose_output, default_opset, keep_output, with_temperature
-from tabserve.build.infer import Schema, infer_schema
-from tabserve.build.read import read_table
-from tabserve.build.sources import Servable, from_onnx, from_pickle, onnx_classes, train_for_me
-from tabserve.build.spec import BuildSpec, read_spec
-from tabserve.build.table import Rows, normalise, split
-from tabserve.build.write import (
+from tabserve.errors import BuildError
+from tabserve.manifest import ColumnSpec
+from tabserve.runtime import ColumnEncoder
+from tabserve.training.build.calibrate import conformal_tables, fit_temperature, pattern_names, test_metrics
+from tabserve.training.build.card import write_build_card
+from tabserve.training.build.convert import choose_output, default_opset, keep_output, with_temperature
+from tabserve.training.build.infer import Schema, infer_schema
+from tabserve.training.build.read import read_table
+from tabserve.training.build.sources import Servable, from_onnx, from_pickle, onnx_classes, train_for_me
+from tabserve.training.build.spec import BuildSpec, read_spec
+from tabserve.training.build.table import Rows, normalise, split
+from tabserve.training.build.write import (
     check_spec_ranges,
     choose_version,
     example_request,
@@ -42,9 +45,6 @@ from tabserve.build.write import (
     seal,
     staging,
 )
-from tabserve.errors import BuildError
-from tabserve.manifest import ColumnSpec
-from tabserve.runtime import ColumnEncoder
 from tabserve.training.describe import data_file_entry, library_versions
 from tabserve.training.options import DEFAULT_SEED
 

@@ -15,9 +15,9 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from tabserve.build.spec import BuildSpec
 from tabserve.errors import BuildError
 from tabserve.features.text import normalise_key
+from tabserve.training.build.spec import BuildSpec
 
 TEST_SHARE = 0.2
 CALIBRATION_SHARE = 0.2
