@@ -255,10 +255,8 @@ def test_sqlite_feedback_has_no_foreign_key_after_migration_4(tmp_path: Path) ->
     assert "feedback_time" in indexes
 
 
-def test_log_spills_a_batch_and_replays_it_exactly_once(
-    tmp_path: Path, service: tuple[PredictionService, _Capture]
-) -> None:
-    svc, capture = service
+def _sqlite_log(tmp_path: Path) -> tuple[SqliteStore, PredictionLog, CountingObserver]:
+    """A migrated SQLite store and a (not yet started) log in front of it, spilling to ``tmp_path``."""
     store = SqliteStore(tmp_path / "log.sqlite", busy_timeout_s=0.05)
     store.migrate()
     observer = CountingObserver()
@@ -266,6 +264,14 @@ def test_log_spills_a_batch_and_replays_it_exactly_once(
         store, spill_path=tmp_path / "spill.jsonl", observer=observer, batch_size=8, flush_interval_s=0.02,
         retry_delays_s=(0.01,), probe_max_s=0.1,
     )  # fmt: skip
+    return store, log, observer
+
+
+def test_log_spills_a_batch_and_replays_it_exactly_once(
+    tmp_path: Path, service: tuple[PredictionService, _Capture]
+) -> None:
+    svc, capture = service
+    store, log, observer = _sqlite_log(tmp_path)
     log.start()
     blocker = sqlite3.connect(store.path, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")  # every write fails "database is locked": the batches are spilled
@@ -298,12 +304,10 @@ def test_a_journaled_batch_is_recovered_exactly_once(
 ) -> None:
     """A batch a SIGKILLed worker had queued (``store.journal``) is stored by the next process in its slot."""
     svc, capture = service
-    store = SqliteStore(tmp_path / "log.sqlite", busy_timeout_s=0.05)
-    store.migrate()
+    store, log, _ = _sqlite_log(tmp_path)
     stored, queued = (_logged(svc, capture, name, 1_700_000_000.0 + i) for i, name in enumerate(["stored", "queued"]))
     store.write_rows([stored])
     (tmp_path / "spill.journal.3.jsonl").write_bytes(batch_line(stored) + batch_line(queued))
-    log = PredictionLog(store, spill_path=tmp_path / "spill.jsonl", batch_size=8, flush_interval_s=0.02)
     log.start()
     deadline = time.monotonic() + 10
     while store.count() < 10 and time.monotonic() < deadline:

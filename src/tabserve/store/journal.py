@@ -32,15 +32,15 @@ import mmap
 import os
 import re
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
 import orjson
 
 from tabserve.errors import StoreError
 from tabserve.store.columnar import LogBatch, LogEntry, batch_line, count_rows, entry_from_json
 from tabserve.store.record import LogRow, row_line
+from tabserve.store.spill import SpillFile
 
 log = logging.getLogger("tabserve.store")
 ROW_FIELDS = 13
@@ -105,7 +105,7 @@ class Journal:
         found = [(int(m.group(1)), path) for path in paths if (m := self._pattern.fullmatch(path.name))]
         return [path for _, path in sorted(found)]
 
-    def recover(self, into: SpillTarget) -> int:
+    def recover(self, into: SpillFile) -> int:
         """Move leftover segments into the spill (``into.append`` fsyncs), then delete them; the rows moved."""
         moved = 0
         for path in self.leftovers():
@@ -219,12 +219,6 @@ class Journal:
                 self.spill_path,
                 exc,
             )
-
-
-class SpillTarget(Protocol):
-    """What ``Journal.recover`` writes into (``SpillFile``): an fsynced append of entries."""
-
-    def append(self, records: Sequence[LogEntry]) -> None: ...
 
 
 def entry_line(entry: list[LogRow] | LogEntry) -> bytes:
