@@ -19,6 +19,7 @@ import pytest
 from tabserve.store import CountingObserver, PredictionLog
 from tabserve.store import journal as journal_module
 from tabserve.store.record import record_line, record_row
+from tabserve.store.spill import SpillFile
 from tabserve.store.sqlite import SqliteStore
 from test_store_log import db_keys, keys, record, wait_until
 
@@ -117,7 +118,7 @@ def test_clean_close_leaves_no_segment_and_the_journal_can_be_off(store: SqliteS
     for i in range(500):
         log.submit([record(i)])
     assert log.flush(10)
-    assert len(_segments(tmp_path)) <= 3  # the current, the spare, one awaiting its batch; stored ones deleted
+    assert len(_segments(tmp_path)) <= 4  # the current, two free for reuse, one awaiting its batch
     assert log.close(5)
     assert _segments(tmp_path) == []
     quiet, _ = _new_log(store, tmp_path, journal=False)
@@ -166,8 +167,30 @@ def test_a_line_longer_than_a_segment_gets_a_segment_of_its_own(store: SqliteSto
     long_row = record_row(replace(record(99), inputs_raw={"note": "x" * 10_000}))
     for n, line in enumerate([*lines[:20], journal_module.entry_line(long_row), *lines[20:]], start=1):
         journal.append(line, n)
-    recovered = [entry for path in journal.leftovers() for entry in journal_module.read_journal(path)]
+    found = sorted(map(journal_module.read_journal, journal.leftovers()), key=lambda use_entries: use_entries[0])
+    recovered = [entry for _, entries in found for entry in entries]  # in the order the segments were used
     assert [row[:2] for row in recovered] == [row[:2] for row in [*map(record_row, map(record, range(20))),
                                                long_row, *map(record_row, map(record, range(20, 40)))]]  # fmt: skip
     journal.close(clean=True)
     assert journal.leftovers() == []
+
+
+def test_reused_segments_are_recovered_in_the_order_they_were_written(tmp_path: Path) -> None:
+    """Stored segments are zeroed and reused, so a later record can sit in a lower-numbered file."""
+    journal = journal_module.Journal(tmp_path / "spill.jsonl", segment_bytes=4096)
+    journal.open()
+    rows = [record_row(record(i)) for i in range(80)]
+    for n, row in enumerate(rows[:30], start=1):
+        journal.append(journal_module.entry_line(row), n)
+    journal.rotate(30)
+    journal.release(30)  # all stored: zeroed, two kept for reuse
+    for n, row in enumerate(rows[30:], start=31):
+        journal.append(journal_module.entry_line(row), n)
+        if n == 55:
+            journal.rotate(n)
+    spill = SpillFile(tmp_path / "recovered" / "spill.jsonl")
+    spill.open()
+    assert journal_module.Journal(tmp_path / "spill.jsonl").recover(spill) == 50  # as if this process had died
+    recovered = [entry for chunk in spill.read(spill.path, 1000) for entry in chunk]
+    assert [row[:2] for row in recovered] == [row[:2] for row in rows[30:]]
+    spill.close()

@@ -11,8 +11,10 @@ flush interval of its traffic. The journal closes that gap without putting the d
   in the soak). What a killed process wrote is in the kernel's page cache and reaches the file; a machine
   crash is the database's and the fsynced spill's business, as before (no fsync).
 - the writer thread rotates the segment each time it takes a batch (``rotate``: the segment is closed with the
-  count of records accepted so far as its mark) and deletes a closed segment once that many records are in the
-  database or the spill (``release``). A clean close deletes every segment.
+  count of records accepted so far as its mark) and, once that many records are in the database or the spill,
+  zeroes it and keeps it for reuse (``release``): a few files, mapped for the process's life, whose pages stay
+  allocated (a fresh file per rotation cost a page fault and an extent conversion per 4 KiB). A clean close
+  deletes every segment.
 - a process that claims a spill slot (``SpillFile.open``) owns what a dead process left in that slot:
   ``recover`` moves its segments into the spill (fsynced) before the writer starts, and the writer's normal
   replay stores them. Records the dead process had stored already are ignored by the store's unique keys
@@ -20,7 +22,7 @@ flush interval of its traffic. The journal closes that gap without putting the d
 
 Segments are ``<spill stem>.journal.<n>.jsonl`` next to the slot's spill file, ``SEGMENT_BYTES`` each
 (``posix_fallocate``d, so a full disk fails the allocation instead of raising SIGBUS on a write); the writer
-allocates the next one off the request path. A journal that cannot be allocated (disk full) is one ERROR line;
+keeps one free off the request path. A journal that cannot be allocated (disk full) is one ERROR line;
 the log goes on without it and journaling resumes at the next rotation that can allocate a segment.
 """
 
@@ -32,7 +34,6 @@ import mmap
 import os
 import re
 from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -49,6 +50,10 @@ ROW_FIELDS = 13
 
 SEGMENT_BYTES = 1 << 20
 """A segment's preallocated size (a line longer than that gets a segment of its own size)."""
+FREE_SEGMENTS = 2
+"""Stored-and-zeroed segments kept for reuse."""
+HEADER_KEY = "journal_segment"
+"""A segment's first line, ``{"journal_segment": N}``: the N-th segment this process made current."""
 
 
 class _Segment:
@@ -67,6 +72,8 @@ class _Segment:
         self.path = path
         self.size = size
         self.used = 0
+        self.start = 0
+        """Where the records begin (after the header line)."""
 
     def write(self, line: bytes) -> bool:
         end = self.used + len(line)
@@ -75,6 +82,12 @@ class _Segment:
         self.map[self.used : end] = line
         self.used = end
         return True
+
+    def reset(self) -> None:
+        """Zero what was written (every record in it is stored), for reuse: its pages stay allocated and mapped,
+        so the next appends cost no page fault and no new extent."""
+        self.map[: self.used] = bytes(self.used)
+        self.used = self.start = 0
 
     def close(self) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -90,11 +103,13 @@ class Journal:
         self.segment_bytes = segment_bytes
         self._pattern = re.compile(re.escape(spill_path.stem) + r"\.journal\.(\d+)\.jsonl")
         self._current: _Segment | None = None
-        self._spare: _Segment | None = None
+        self._free: deque[_Segment] = deque()
+        """Zeroed segments ready to be current (deque: the writer adds while the request path may take)."""
         self._seq = 0
         self._closed: deque[tuple[int, _Segment]] = deque()
         """Rotated segments, oldest first, each with the count of records accepted when it was closed."""
         self._failing = False
+        self._uses = 0
 
     def leftovers(self) -> list[Path]:
         """Segments in this slot's folder, oldest first (left by a process that died holding the slot)."""
@@ -108,11 +123,12 @@ class Journal:
     def recover(self, into: SpillFile) -> int:
         """Move leftover segments into the spill (``into.append`` fsyncs), then delete them; the rows moved."""
         moved = 0
-        for path in self.leftovers():
-            entries = list(read_journal(path))
+        paths = self.leftovers()
+        for _, entries in sorted((read_journal(path) for path in paths), key=lambda found: found[0]):
             if entries:
                 into.append(entries)
                 moved += count_rows(entries)
+        for path in paths:
             path.unlink(missing_ok=True)
         if moved:
             log.warning("prediction log: %d records journaled by a process that died unflushed will be replayed", moved)
@@ -122,7 +138,7 @@ class Journal:
         """Start the first segment (after ``recover``; numbered past any segment still there)."""
         kept = [int(m.group(1)) for path in self.leftovers() if (m := self._pattern.fullmatch(path.name))]
         self._seq = max(kept, default=0)
-        self._current = self._new_segment(self.segment_bytes)
+        self._current = self._take(0)
         self.prepare()
 
     @property
@@ -138,39 +154,39 @@ class Journal:
         if current is None or current.write(line):
             return
         self._closed.append((accepted, current))
-        spare, self._spare = self._spare, None
-        if spare is None or spare.size < len(line):
-            if spare is not None:
-                self._discard(spare)
-            spare = self._new_segment(max(self.segment_bytes, len(line)))
-        self._current = spare
-        if spare is not None:
-            spare.write(line)
+        self._current = self._take(len(line))
+        if self._current is not None:
+            self._current.write(line)
 
     # -- writer thread ----------------------------------------------------------------------------------
     def rotate(self, accepted: int) -> None:
-        """Close the current segment with ``accepted`` (records accepted so far) as its mark and start the
-        spare one (log lock held); a segment that could not be opened is retried here."""
+        """Close the current segment with ``accepted`` (records accepted so far) as its mark and start a free one
+        (log lock held); a segment that could not be allocated is retried here."""
         current = self._current
-        if current is not None and current.used == 0:
+        if current is not None and current.used == current.start:
             return
         if current is not None:
             self._closed.append((accepted, current))
-        spare, self._spare = self._spare, None
-        self._current = spare if spare is not None else self._new_segment(self.segment_bytes)
+        self._current = self._take(0)
 
     def release(self, handled: int) -> None:
-        """Delete the closed segments whose every record is stored or spilled, and prepare the next segment
-        (writer thread, no lock)."""
+        """Zero the closed segments whose every record is stored or spilled and keep them for reuse (beyond
+        ``FREE_SEGMENTS``, or an outsized one: deleted), then make sure one is free (writer thread, no lock)."""
         while self._closed and self._closed[0][0] <= handled:
             _, segment = self._closed.popleft()
-            self._discard(segment)
+            if segment.size == self.segment_bytes and len(self._free) < FREE_SEGMENTS:
+                segment.reset()
+                self._free.append(segment)
+            else:
+                self._discard(segment)
         self.prepare()
 
     def prepare(self) -> None:
-        """The spare segment ``rotate`` swaps in, allocated off the request path."""
-        if self._spare is None:
-            self._spare = self._new_segment(self.segment_bytes)
+        """A free segment for ``rotate`` to take, allocated off the request path."""
+        if not self._free:
+            segment = self._new_segment(self.segment_bytes)
+            if segment is not None:
+                self._free.append(segment)
 
     def close(self, *, clean: bool) -> None:
         """Stop journaling; after a clean close every record is stored or spilled, so every segment goes.
@@ -178,17 +194,33 @@ class Journal:
         segments = [segment for _, segment in self._closed]
         if self._current is not None:
             segments.append(self._current)
-        if self._spare is not None:
-            self._discard(self._spare)
+        while self._free:
+            self._discard(self._free.popleft())
         for segment in segments:
-            if clean or segment.used == 0:
+            if clean or segment.used == segment.start:
                 self._discard(segment)
             else:
                 segment.close()
         self._closed.clear()
-        self._current = self._spare = None
+        self._current = None
 
     # -- internals --------------------------------------------------------------------------------------
+    def _take(self, size: int) -> _Segment | None:
+        """The next current segment, its header written: a free one that holds ``size`` bytes, else a new one
+        (allocated here: on the request path only when the writer has not freed one yet)."""
+        self._uses += 1
+        header = b'{"%s": %d}\n' % (HEADER_KEY.encode(), self._uses)
+        segment: _Segment | None = None
+        if size + len(header) <= self.segment_bytes:
+            with contextlib.suppress(IndexError):
+                segment = self._free.popleft()
+        if segment is None:
+            segment = self._new_segment(max(self.segment_bytes, size + len(header)))
+        if segment is not None:
+            segment.write(header)
+            segment.start = segment.used
+        return segment
+
     def _new_segment(self, size: int) -> _Segment | None:
         self._seq += 1
         path = self.spill_path.with_name(f"{self.spill_path.stem}.journal.{self._seq}.jsonl")
@@ -238,18 +270,21 @@ def _row_line(row: LogRow) -> bytes:
         return row_line(row)
 
 
-def read_journal(path: Path) -> Iterator[LogEntry]:
-    """A segment's entries in order: ``[...]`` lines are rows, others spill lines; a torn last line (the process
-    died mid-write: never acknowledged) and a bad line are logged and skipped."""
+def read_journal(path: Path) -> tuple[int, list[LogEntry]]:
+    """A segment's use number (its header line; -1 without one) and its entries in order: ``[...]`` lines are
+    rows, others spill lines; a torn last line (the process died mid-write: never acknowledged) and a bad line
+    are logged and skipped. Segments are reused, so the use number, not the file name, orders them."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return
+        return -1, []
     except OSError as exc:
         raise StoreError(f"cannot read the journal segment {path}: {exc}") from exc
     lines = data.rstrip(b"\0").split(b"\n")  # the unwritten rest of a preallocated segment is zeros
     if lines[-1]:
         log.error("journal segment %s: ignoring a torn last line (%d bytes)", path, len(lines[-1]))
+    use = -1
+    entries: list[LogEntry] = []
     for number, line in enumerate(lines[:-1], start=1):
         if not line.strip():
             continue
@@ -258,8 +293,11 @@ def read_journal(path: Path) -> Iterator[LogEntry]:
             if isinstance(value, list):
                 if len(value) != ROW_FIELDS:
                     raise StoreError(f"a row has {ROW_FIELDS} fields, not {len(value)}")
-                yield tuple(value)  # the LogRow it was written from
+                entries.append(tuple(value))  # the LogRow it was written from
+            elif isinstance(value, dict) and HEADER_KEY in value:
+                use = int(value[HEADER_KEY])
             else:
-                yield entry_from_json(value)
-        except (orjson.JSONDecodeError, StoreError) as exc:
+                entries.append(entry_from_json(value))
+        except (orjson.JSONDecodeError, StoreError, TypeError, ValueError) as exc:
             log.error("journal segment %s line %d is not a record, skipped: %s", path, number, exc)
+    return use, entries
