@@ -173,6 +173,23 @@ def test_spec_refuses_unknown_keys_and_units() -> None:
     assert spec.target == "y" and spec.optional == ("x2",) and spec.column("x1").data_unit == "cm"
 
 
+def test_spec_split_shares_are_checked_and_change_the_rows_needed() -> None:
+    spec = parse_spec("[split]\ncalibration = 0.3\ntest = 0.25\n")
+    assert (spec.calibration_share, spec.test_share) == (0.3, 0.25)
+    assert (BuildSpec().calibration_share, BuildSpec().test_share) == (0.2, 0.2)
+    with pytest.raises(BuildError, match=r"\[split\] has unknown keys \['validation'\]"):
+        parse_spec("[split]\nvalidation = 0.1\n")
+    with pytest.raises(BuildError, match=r"\[split\] test must be a share of the rows between 0 and 1, not 1.5"):
+        parse_spec("[split]\ntest = 1.5\n")
+    with pytest.raises(BuildError, match=r"calibration \+ test = 0.9 leaves too little to fit on"):
+        parse_spec("[split]\ncalibration = 0.5\ntest = 0.4\n")
+    frame = pd.DataFrame({"x": np.arange(120.0) % 17, "y": np.arange(120.0) * 0.5})
+    with pytest.raises(BuildError, match=r"120 rows with a target; at least 150 are needed .* 20% of the rows"):
+        infer_schema(frame, "y", BuildSpec(), None, None)
+    schema, _ = infer_schema(frame, "y", spec, None, None)  # 30 calibration rows at 0.3 need 100
+    assert schema.task == "regression"
+
+
 def test_spec_range_excluding_data_names_the_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = tmp_path / "spec.toml"
     spec.write_text("[columns.x2]\nmin = 0.0\nmax = 4.0\n", encoding="utf-8")

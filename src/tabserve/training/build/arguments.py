@@ -12,7 +12,13 @@ def add_build_parser(sub: Any, func: Callable[[argparse.Namespace], int], defaul
         "build",
         help="a CSV/Parquet (and optionally a fitted model or ONNX file) to a served, calibrated model version",
     )
-    build.add_argument("--data", required=True, help="CSV or Parquet file with the inputs and the target")
+    build.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        help="CSV or Parquet file with the inputs and the target; repeat to add rows with the same columns (e.g. an "
+        "exported prediction log with feedback)",
+    )
     build.add_argument("--target", help="the column to predict (or [model] target in the spec)")
     build.add_argument("--name", required=True, help="model name (lower-case letters, digits, _ or -)")
     build.add_argument("--task", choices=["regression", "classification"], help="default: inferred from the target")

@@ -64,28 +64,46 @@ def log_loss(probabilities: npt.ArrayLike, labels: npt.ArrayLike) -> float:
 
 
 MIN_TEMPERATURE_ROWS = 50
-TEMPERATURES = (0.2, 5.0)
+TEMPERATURES = (0.05, 20.0)
+GOLDEN_STEPS = 80
 
 
 def fit_temperature(probabilities: npt.ArrayLike, labels: npt.ArrayLike) -> float:
-    """The temperature T in [0.2, 5] minimising log loss of softmax(log p / T) on these rows; 1.0 when it does not
-    help, or when there are fewer than ``MIN_TEMPERATURE_ROWS`` rows or no error among them (nothing to learn
-    from: a separable handful would only sharpen the probabilities)."""
+    """The temperature T in [0.05, 20] minimising log loss of softmax(log p / T) on these rows (golden-section search
+    on log T, to 4 digits); 1.0 when it does not help, or when there are fewer than ``MIN_TEMPERATURE_ROWS`` rows or
+    no error among them (nothing to learn from: a separable handful would only sharpen the probabilities)."""
     proba = np.asarray(probabilities, dtype=np.float64)
     truth = np.asarray(labels, dtype=np.int64)
     if truth.size < MIN_TEMPERATURE_ROWS or bool(np.all(proba.argmax(axis=1) == truth)):
         return 1.0
-    logp = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1.0))
+    logp = np.log(np.clip(proba, 1e-300, 1.0))
 
     def loss(t: float) -> float:
         z = logp / t
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-        return log_loss(p, labels)
+        return log_loss(p, truth)
 
-    grid = np.exp(np.linspace(math.log(TEMPERATURES[0]), math.log(TEMPERATURES[1]), 41))
-    best = float(min(grid, key=loss))
-    return round(best, 4) if loss(best) < loss(1.0) - 1e-9 else 1.0
+    best = round(math.exp(_golden_minimum(lambda u: loss(math.exp(u)), *map(math.log, TEMPERATURES))), 4)
+    return best if loss(best) < loss(1.0) - 1e-9 else 1.0
+
+
+def _golden_minimum(func: Callable[[float], float], low: float, high: float) -> float:
+    """Golden-section search for the minimum of a unimodal ``func`` on [low, high] (deterministic)."""
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = low, high
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = func(c), func(d)
+    for _ in range(GOLDEN_STEPS):
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = func(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = func(d)
+    return (a + b) / 2.0
 
 
 def _regression_metrics(pred: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> dict[str, float]:
@@ -108,7 +126,8 @@ def test_metrics(
     quantiles: dict[str, dict[str, float]],
     pattern_names: dict[str, str],
 ) -> dict[str, Any]:
-    """Per pattern: error (or accuracy, log loss, ECE) and coverage with width (or set size) per level."""
+    """Per pattern: error (or accuracy, log loss, ECE) and coverage with width (or set size) per level; for a
+    classifier both the sets as served (never empty) and the raw LAC sets with their share of empty ones."""
     out: dict[str, Any] = {}
     for key in pattern_keys(len(pattern_inputs)):
         rows = masked(test, pattern_inputs, key)
@@ -119,10 +138,14 @@ def test_metrics(
         raw = predict(rows)
         cover: dict[str, float] = {}
         size: dict[str, float] = {}
+        lac: dict[str, float] = {}
+        empty: dict[str, float] = {}
         for level in levels:
             q = quantiles[key][level_key(level)]
             if task == "classification":
                 sets = lac_sets(raw, q)
+                lac[level_key(level)] = coverage(sets[np.arange(rows.rows), rows.labels])
+                empty[level_key(level)] = float(np.mean(~sets.any(axis=1)))
                 top = raw.argmax(axis=1)
                 sets[np.arange(rows.rows), top] = True  # the server never answers an empty set
                 cover[level_key(level)] = coverage(sets[np.arange(rows.rows), rows.labels])
@@ -137,6 +160,8 @@ def test_metrics(
             entry["ece"] = expected_calibration_error(raw, rows.labels, ECE_BINS)
             entry["set_coverage"] = cover
             entry["mean_set_size"] = size
+            entry["lac_coverage"] = lac  # the raw LAC sets the guarantee is about (empty when no class is sure)
+            entry["lac_empty_share"] = empty
         else:
             entry.update(_regression_metrics(raw, rows.labels))
             entry["coverage"] = cover

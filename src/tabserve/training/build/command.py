@@ -28,11 +28,11 @@ from tabserve.artifacts import verify_model_dir
 from tabserve.errors import BuildError
 from tabserve.manifest import ColumnSpec
 from tabserve.runtime import ColumnEncoder
-from tabserve.training.build.calibrate import conformal_tables, fit_temperature, pattern_names, test_metrics
+from tabserve.training.build.calibrate import ECE_BINS, conformal_tables, fit_temperature, pattern_names, test_metrics
 from tabserve.training.build.card import write_build_card
 from tabserve.training.build.convert import choose_output, default_opset, keep_output, with_temperature
 from tabserve.training.build.infer import Schema, infer_schema
-from tabserve.training.build.read import read_table
+from tabserve.training.build.read import read_tables
 from tabserve.training.build.sources import Servable, from_onnx, from_pickle, onnx_classes, train_for_me
 from tabserve.training.build.spec import BuildSpec, read_spec
 from tabserve.training.build.table import Rows, normalise, split
@@ -190,14 +190,17 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
     models = Path(args.models_dir)
     version = choose_version(models, args.name, args.version)
     seed = DEFAULT_SEED if args.seed is None else args.seed
-    data = Path(args.data)
-    frame = read_table(data)
-    progress.done("read", f"{data.name}: {len(frame)} rows × {frame.shape[1]} columns")
+    files = [Path(p) for p in ([args.data] if isinstance(args.data, str) else args.data)]
+    frame, file_rows = read_tables(files)
+    file_names = " + ".join(f.name for f in files)
+    progress.done("read", f"{file_names}: {len(frame)} rows × {frame.shape[1]} columns")
 
     schema, frame = infer_schema(frame, target, spec, args.task, args.time_column)
     rows = normalise(frame, schema, spec)
     check_spec_ranges(rows, schema, spec)
-    splits = split(frame, rows, schema, seed)
+    shares = (spec.calibration_share, spec.test_share)
+    early_stopping = not (args.model or args.onnx) and spec.estimator == "lightgbm"
+    splits = split(frame, rows, schema, seed, shares, validation=early_stopping)
     kinds = ", ".join(f"{f.name}:{f.kind[:3]}" for f in schema.features[:12]) + (
         " …" if len(schema.features) > 12 else ""
     )
@@ -222,7 +225,7 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
     classes, rows = _class_order(schema, servable, rows) if schema.task == "classification" else ([], rows)
     if classes and classes != schema.classes:
         schema = replace(schema, classes=classes)
-        splits = split(frame, rows, schema, seed)
+        splits = split(frame, rows, schema, seed, shares, validation=early_stopping)
     output = choose_output(servable.model, schema.task, len(schema.classes))
     model = keep_output(servable.model, output)
     predict = _predictor(model, servable, output, schema.task)
@@ -274,9 +277,11 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
         metrics["parity"] = parity
     if temperature is not None:
         metrics["temperature"] = temperature
+    if schema.task == "classification":
+        metrics["ece_bins"] = ECE_BINS
     description = spec.description or (
         f"{schema.task.capitalize()} of {target} from {', '.join(f.name for f in schema.features[:6])}"
-        f"{' …' if len(schema.features) > 6 else ''}; built by tabserve build from {data.name}."
+        f"{' …' if len(schema.features) > 6 else ''}; built by tabserve build from {file_names}."
     )
     example = example_request(schema, splits.test)
     with staging(models, args.name, version) as out:
@@ -289,7 +294,8 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
             description=description,
             schema=schema,
             splits=splits,
-            source=f"`{data.name}`" + (f" and {servable.estimator}" if servable.form != "train" else ""),
+            source=" + ".join(f"`{f.name}`" for f in files)
+            + (f" and {servable.estimator}" if servable.form != "train" else ""),
             metrics=metrics,
             levels=levels,
             test_output=predict(full_test),
@@ -316,7 +322,7 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
                 "version": version,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "description": description,
-                "training_data": [data_file_entry(data, len(frame))],
+                "training_data": [data_file_entry(f, n) for f, n in zip(files, file_rows, strict=True)],
                 "seed": seed,
                 "inputs": input_specs(schema, rows, splits.train, spec, optional),
                 "output": output_spec,

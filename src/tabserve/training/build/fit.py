@@ -16,7 +16,7 @@ import onnx
 
 from tabserve.training.build.convert import lightgbm_thresholds, round_thresholds_down
 from tabserve.training.build.infer import Schema
-from tabserve.training.build.table import Rows, augmented
+from tabserve.training.build.table import Rows, augmented, every_pattern
 
 ONE_HOT_MAX = 12
 ORDINAL_UNKNOWN = -2.0
@@ -140,8 +140,21 @@ LINEAR_C = 1.0
 LINEAR_ALPHA = 1.0
 
 
+LINEAR_EVERY_PATTERN_MAX_ROWS = 200_000
+"""The linear fit sees every training row once per pattern (``every_pattern``) while that makes at most this many
+rows; beyond, the random masked copy of ``augmented``."""
+
+
+def _linear_rows(rows: Rows, pattern_inputs: list[str], seed: int) -> Rows:
+    if rows.rows * 2 ** len(pattern_inputs) <= LINEAR_EVERY_PATTERN_MAX_ROWS:
+        return every_pattern(rows, pattern_inputs)
+    return augmented(rows, pattern_inputs, seed)
+
+
 def fit_linear(schema: Schema, encode: Any, train: Rows, seed: int) -> Fitted:
-    """Median imputation, standard scaling, then ridge (regression) or multinomial logistic regression."""
+    """Median imputation, standard scaling, then ridge (regression) or multinomial logistic regression, fitted on
+    the training rows once per missing-input pattern; a classifier also gets out-of-fold probabilities (5 folds,
+    each held-out fold seen in every pattern) for its temperature."""
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.pipeline import Pipeline
@@ -156,7 +169,7 @@ def fit_linear(schema: Schema, encode: Any, train: Rows, seed: int) -> Fitted:
         impute = SimpleImputer(strategy="median", keep_empty_features=True)
         return Pipeline([("impute", impute), ("scale", StandardScaler()), ("fit", last)])
 
-    fit_rows = augmented(train, schema.pattern_inputs, seed)
+    fit_rows = _linear_rows(train, schema.pattern_inputs, seed)
     pipeline = make().fit(encode(fit_rows).astype(np.float64), fit_rows.labels)
     out_of_fold = None
     if schema.task == "classification":
@@ -166,8 +179,8 @@ def fit_linear(schema: Schema, encode: Any, train: Rows, seed: int) -> Fitted:
         proba: list[npt.NDArray[np.float64]] = []
         labels: list[npt.NDArray[np.int64]] = []
         for k, (fit_index, held_index) in enumerate(folds.split(np.zeros(train.rows), train.labels)):
-            part = augmented(train.take(fit_index), schema.pattern_inputs, seed + k)
-            held = augmented(train.take(held_index), schema.pattern_inputs, seed + 100 + k)
+            part = _linear_rows(train.take(fit_index), schema.pattern_inputs, seed + k)
+            held = _linear_rows(train.take(held_index), schema.pattern_inputs, seed + 100 + k)
             fold_model = make().fit(encode(part).astype(np.float64), part.labels)
             proba.append(np.asarray(fold_model.predict_proba(encode(held).astype(np.float64)), dtype=np.float64))
             labels.append(np.asarray(held.labels, dtype=np.int64))

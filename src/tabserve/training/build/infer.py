@@ -17,14 +17,20 @@ import pandas as pd
 
 from tabserve.errors import BuildError
 from tabserve.features.text import normalise_key
-from tabserve.training.build.spec import BuildSpec
+from tabserve.training.build.spec import DEFAULT_CALIBRATION_SHARE, BuildSpec
 
-TEST_SHARE = 0.2
-CALIBRATION_SHARE = 0.2
 MIN_CALIBRATION_ROWS = 30
 """Per conformal pattern: the 0.9 level needs 9 scores to be finite, 0.95 needs 19, 0.99 needs 99; below 30 a
 quantile is too noisy to publish."""
-MIN_ROWS = math.ceil(MIN_CALIBRATION_ROWS / CALIBRATION_SHARE)
+MIN_ROWS = math.ceil(MIN_CALIBRATION_ROWS / DEFAULT_CALIBRATION_SHARE)
+"""With the default calibration share; a spec's ``[split] calibration`` changes it (``min_rows``)."""
+
+
+def min_rows(calibration_share: float) -> int:
+    """Rows with a target needed for ``MIN_CALIBRATION_ROWS`` calibration rows."""
+    return math.ceil(MIN_CALIBRATION_ROWS / calibration_share - 1e-9)
+
+
 MIN_CLASS_ROWS = 10
 MAX_CLASSES = 100
 MAX_CATEGORIES = 1000
@@ -291,10 +297,11 @@ def infer_schema(
             )
             frame = frame.loc[complete]
     frame = frame.copy()
-    if len(frame) < MIN_ROWS:
+    needed = min_rows(spec.calibration_share)
+    if len(frame) < needed:
         raise BuildError(
-            f"too few rows to calibrate: {len(frame)} rows with a target; at least {MIN_ROWS} are needed "
-            f"({MIN_CALIBRATION_ROWS} for the calibration split, which is {CALIBRATION_SHARE:.0%} of the rows)"
+            f"too few rows to calibrate: {len(frame)} rows with a target; at least {needed} are needed "
+            f"({MIN_CALIBRATION_ROWS} for the calibration split, which is {spec.calibration_share:.0%} of the rows)"
         )
     if time_column is not None:
         bad = frame[time_column].isna()
@@ -329,12 +336,12 @@ def infer_schema(
     patterns: list[str] = []
     for f in optional:
         present = len(frame) - f.missing
-        if len(patterns) < MAX_PATTERN_INPUTS and present * CALIBRATION_SHARE >= MIN_CALIBRATION_ROWS:
+        if len(patterns) < MAX_PATTERN_INPUTS and present * spec.calibration_share >= MIN_CALIBRATION_ROWS:
             patterns.append(f.name)
         else:
             warnings.append(
                 f"column {f.name!r} may be missing but is not a conformal pattern input (at most {MAX_PATTERN_INPUTS}, "
-                f"each present in at least {MIN_ROWS} rows): its absence does not widen intervals"
+                f"each present in at least {needed} rows): its absence does not widen intervals"
             )
     schema = Schema(
         task=chosen,

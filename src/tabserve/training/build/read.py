@@ -1,4 +1,5 @@
-"""Reading the table to build from: CSV or Parquet into a pandas frame, refusing empty or unreadable files."""
+"""Reading the table to build from: CSV or Parquet files into one pandas frame, refusing empty or unreadable files
+and files whose columns do not match."""
 
 from __future__ import annotations
 
@@ -41,3 +42,24 @@ def read_table(path: Path) -> pd.DataFrame:
     frame = frame.reset_index(drop=True)
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
+
+
+def read_tables(paths: list[Path]) -> tuple[pd.DataFrame, list[int]]:
+    """The files' rows one after the other (rows are numbered through the files in order), and each file's row
+    count. Every file must have the first file's columns (in any order): e.g. the training data and an exported
+    prediction log with feedback."""
+    frames = [read_table(path) for path in paths]
+    first = frames[0]
+    for path, frame in zip(paths[1:], frames[1:], strict=True):
+        missing = [c for c in first.columns if c not in frame.columns]
+        extra = [c for c in frame.columns if c not in first.columns]
+        if missing or extra:
+            raise BuildError(
+                f"{path}: its columns differ from {paths[0].name}'s"
+                + (f"; lacks {missing[:8]}" if missing else "")
+                + (f"; has others {extra[:8]}" if extra else "")
+            )
+    counts = [len(frame) for frame in frames]
+    if len(frames) == 1:
+        return first, counts
+    return pd.concat([f[list(first.columns)] for f in frames], ignore_index=True), counts

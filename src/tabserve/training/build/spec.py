@@ -22,6 +22,10 @@ min = 5.0                        # hard (plausible) range; outside is refused at
 max = 2000.0
 type = "category"                # force a kind: "number" or "category"
 aliases = { "N" = "NORTH" }      # alternative spellings of a category
+
+[split]
+calibration = 0.2                # share of the rows held out for the conformal tables (default 0.2)
+test = 0.2                       # share held out for the reported metrics (default 0.2)
 ```
 """
 
@@ -52,6 +56,11 @@ _MODEL_KEYS = frozenset(
 )
 ESTIMATORS = ("lightgbm", "linear")
 _COLUMN_KEYS = frozenset({"unit", "data_unit", "description", "min", "max", "type", "aliases"})
+_SPLIT_KEYS = frozenset({"calibration", "test"})
+DEFAULT_CALIBRATION_SHARE = 0.2
+DEFAULT_TEST_SHARE = 0.2
+MAX_HELD_OUT_SHARE = 0.8
+"""Calibration and test together may hold out at most this share: the rest is what the model is fitted on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +88,8 @@ class BuildSpec:
     output_unit: str = ""
     output_description: str | None = None
     columns: dict[str, ColumnSpec] = field(default_factory=dict)
+    calibration_share: float = DEFAULT_CALIBRATION_SHARE
+    test_share: float = DEFAULT_TEST_SHARE
 
     def column(self, name: str) -> ColumnSpec:
         return self.columns.get(name, ColumnSpec())
@@ -136,14 +147,34 @@ def _column(name: str, raw: Any) -> ColumnSpec:
     )
 
 
+def _shares(raw: Any, source: str) -> tuple[float, float]:
+    if not isinstance(raw, dict):
+        raise BuildError(f"{source}: [split] must be a table")
+    unknown = sorted(set(raw) - _SPLIT_KEYS)
+    if unknown:
+        raise BuildError(f"{source}: [split] has unknown keys {unknown}; allowed: {sorted(_SPLIT_KEYS)}")
+    shares = []
+    for key, default in (("calibration", DEFAULT_CALIBRATION_SHARE), ("test", DEFAULT_TEST_SHARE)):
+        value = _number(raw.get(key, default), f"[split] {key}")
+        if value is None or not 0.0 < value < 1.0:
+            raise BuildError(f"{source}: [split] {key} must be a share of the rows between 0 and 1, not {value}")
+        shares.append(value)
+    if shares[0] + shares[1] > MAX_HELD_OUT_SHARE:
+        raise BuildError(
+            f"{source}: [split] calibration + test = {shares[0] + shares[1]:g} leaves too little to fit on "
+            f"(at most {MAX_HELD_OUT_SHARE:g} may be held out)"
+        )
+    return shares[0], shares[1]
+
+
 def parse_spec(text: str, source: str = "spec") -> BuildSpec:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise BuildError(f"{source}: not valid TOML: {exc}") from exc
-    unknown_sections = sorted(set(raw) - {"model", "columns"})
+    unknown_sections = sorted(set(raw) - {"model", "columns", "split"})
     if unknown_sections:
-        raise BuildError(f"{source}: unknown sections {unknown_sections}; allowed: [model], [columns.NAME]")
+        raise BuildError(f"{source}: unknown sections {unknown_sections}; allowed: [model], [columns.NAME], [split]")
     model = raw.get("model", {})
     unknown = sorted(set(model) - _MODEL_KEYS)
     if unknown:
@@ -160,6 +191,7 @@ def parse_spec(text: str, source: str = "spec") -> BuildSpec:
     columns = raw.get("columns", {})
     if not isinstance(columns, dict):
         raise BuildError(f"{source}: [columns] must hold one table per column")
+    calibration_share, test_share = _shares(raw.get("split", {}), source)
     return BuildSpec(
         description=model.get("description"),
         target=model.get("target"),
@@ -173,6 +205,8 @@ def parse_spec(text: str, source: str = "spec") -> BuildSpec:
         output_unit=str(model.get("output_unit", "")),
         output_description=model.get("output_description"),
         columns={name: _column(name, value) for name, value in columns.items()},
+        calibration_share=calibration_share,
+        test_share=test_share,
     )
 
 

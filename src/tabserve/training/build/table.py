@@ -20,8 +20,8 @@ import pandas as pd
 from tabserve.errors import BuildError
 from tabserve.features.text import normalise_key
 from tabserve.features.units import FAMILIES
-from tabserve.training.build.infer import CALIBRATION_SHARE, TEST_SHARE, Schema, category_text
-from tabserve.training.build.spec import BuildSpec
+from tabserve.training.build.infer import Schema, category_text
+from tabserve.training.build.spec import DEFAULT_CALIBRATION_SHARE, DEFAULT_TEST_SHARE, BuildSpec
 
 VALIDATION_SHARE = 0.15
 """Of the training split: the rows early stopping (and the temperature) look at."""
@@ -122,12 +122,21 @@ def _time_order(frame: pd.DataFrame, column: str) -> npt.NDArray[np.int64]:
     return np.argsort(key, kind="stable").astype(np.int64)
 
 
-def split(frame: pd.DataFrame, rows: Rows, schema: Schema, seed: int) -> Splits:
-    """Train / validation / calibration / test: the last rows in time when there is a time column, else a seeded
-    shuffle (stratified by class for a classifier)."""
+def split(
+    frame: pd.DataFrame,
+    rows: Rows,
+    schema: Schema,
+    seed: int,
+    shares: tuple[float, float] = (DEFAULT_CALIBRATION_SHARE, DEFAULT_TEST_SHARE),
+    validation: bool = True,
+) -> Splits:
+    """Train / validation / calibration / test (``shares`` = the calibration and test shares of all rows): the last
+    rows in time when there is a time column, else a seeded shuffle (stratified by class for a classifier) that
+    first holds out calibration and test together, then halves them. ``validation=False`` (a fit without early
+    stopping) trains on the validation rows too and leaves that split empty."""
     n = rows.rows
-    n_test = max(1, round(n * TEST_SHARE))
-    n_cal = max(1, round(n * CALIBRATION_SHARE))
+    n_test = max(1, round(n * shares[1]))
+    n_cal = max(1, round(n * shares[0]))
     if schema.time_column is not None:
         order = _time_order(frame, schema.time_column)
         fit, calibration, test = (
@@ -135,23 +144,26 @@ def split(frame: pd.DataFrame, rows: Rows, schema: Schema, seed: int) -> Splits:
             order[n - n_test - n_cal : n - n_test],
             order[n - n_test :],
         )
-        n_val = max(1, round(fit.size * VALIDATION_SHARE))
-        train, validation = fit[:-n_val], fit[-n_val:]
+        n_val = max(1, round(fit.size * VALIDATION_SHARE)) if validation else 0
+        train, held = fit[: fit.size - n_val], fit[fit.size - n_val :]
         temporal = True
     else:
         from sklearn.model_selection import train_test_split
 
         index = np.arange(n)
         strat = rows.labels if schema.task == "classification" else None
-        rest, test = train_test_split(index, test_size=n_test, random_state=seed, stratify=strat)
+        fit, rest = train_test_split(index, test_size=n_cal + n_test, random_state=seed, stratify=strat)
         strat_rest = rows.labels[rest] if strat is not None else None
-        fit, calibration = train_test_split(rest, test_size=n_cal, random_state=seed + 1, stratify=strat_rest)
-        strat_fit = rows.labels[fit] if strat is not None else None
-        n_val = max(2, round(fit.size * VALIDATION_SHARE))
-        train, validation = train_test_split(fit, test_size=n_val, random_state=seed + 2, stratify=strat_fit)
-        train, validation, calibration, test = (np.sort(s) for s in (train, validation, calibration, test))
+        calibration, test = train_test_split(rest, test_size=n_test, random_state=seed + 1, stratify=strat_rest)
+        if validation:
+            strat_fit = rows.labels[fit] if strat is not None else None
+            n_val = max(2, round(fit.size * VALIDATION_SHARE))
+            train, held = train_test_split(fit, test_size=n_val, random_state=seed + 2, stratify=strat_fit)
+        else:
+            train, held = fit, index[:0]
+        train, held, calibration, test = (np.sort(s) for s in (train, held, calibration, test))
         temporal = False
-    return Splits(rows.take(train), rows.take(validation), rows.take(calibration), rows.take(test), temporal)
+    return Splits(rows.take(train), rows.take(held), rows.take(calibration), rows.take(test), temporal)
 
 
 def pattern_keys(width: int) -> list[str]:
@@ -172,6 +184,20 @@ def masked(rows: Rows, pattern_inputs: Sequence[str], key: str) -> Rows:
         if flag == "0":
             columns[name] = [None] * subset.rows
     return Rows(columns, subset.labels, subset.file_rows)
+
+
+def every_pattern(rows: Rows, pattern_inputs: Sequence[str]) -> Rows:
+    """``rows`` once per pattern, each copy masked to it (``masked``): a model fitted on them has seen every
+    absence for every row. 2^k copies, so for small tables and cheap fits (the linear estimator)."""
+    if not pattern_inputs:
+        return rows
+    parts = [masked(rows, pattern_inputs, key) for key in pattern_keys(len(pattern_inputs))]
+    columns = {name: [v for part in parts for v in part.columns[name]] for name in rows.columns}
+    return Rows(
+        columns,
+        np.concatenate([part.labels for part in parts]),
+        np.concatenate([part.file_rows for part in parts]),
+    )
 
 
 AUGMENT_COPY_MAX_ROWS = 20_000
