@@ -38,7 +38,10 @@ def test_models_lists_versions_and_default(client: TestClient) -> None:
     assert body["default_model"] == "co2"
     names = [m["name"] for m in body["models"]]
     assert names == sorted(list_models(MODELS))
-    assert {m["name"]: m["versions"] for m in body["models"]} == {"co2": ["1.0.0", "2.0.0"], "penguins": ["1.0.0"]}
+    assert {m["name"]: m["versions"] for m in body["models"]} == {
+        "co2": ["1.0.0", "2.0.0"],
+        "penguins": ["1.0.0", "1.1.0"],
+    }
 
 
 def test_model_document_has_schema_units_categories_and_example(client: TestClient) -> None:
@@ -54,8 +57,8 @@ def test_model_document_has_schema_units_categories_and_example(client: TestClie
 
 
 def test_model_version_document_is_verified_from_disk(client: TestClient) -> None:
-    body = client.get("/models/penguins/versions/1.0.0").json()
-    assert body["version"] == "1.0.0" and body["serving"] is True
+    body = client.get("/models/penguins/versions/1.1.0").json()
+    assert body["version"] == "1.1.0" and body["serving"] is True
     assert client.get("/models/penguins/versions/9.9.9").status_code == 404
 
 

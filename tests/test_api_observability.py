@@ -79,7 +79,7 @@ def test_metrics_count_warnings_ood_predictions_and_the_log(tmp_path: Path) -> N
     with TestClient(create_app(Settings(models_dir=MODELS, data_dir=tmp_path))) as client:
         example = co2_example()
         client.post("/predict", json={**example, "make": "Zorblatt", "engine_size_l": 9.5})
-        penguin = json.loads((MODELS / "penguins" / "1.0.0" / "manifest.json").read_text())["example_request"]
+        penguin = json.loads((MODELS / "penguins" / "1.1.0" / "manifest.json").read_text())["example_request"]
         client.post("/models/penguins/predict", json=penguin)
         client.app.state.ctx.log.flush(5.0)
         text = client.get("/metrics").text
@@ -154,7 +154,7 @@ def test_serve_log_feedback_export_retrain_loop(tmp_path: Path) -> None:
     import subprocess
 
     data = tmp_path / "var"
-    penguin = json.loads((MODELS / "penguins" / "1.0.0" / "manifest.json").read_text())["example_request"]
+    penguin = json.loads((MODELS / "penguins" / "1.1.0" / "manifest.json").read_text())["example_request"]
     settings = Settings(models_dir=MODELS, data_dir=data)
     with TestClient(create_app(settings)) as client:
         answer = client.post("/models/penguins/predict", json={"instances": [penguin] * 3}).json()
@@ -195,7 +195,11 @@ def test_serve_log_feedback_export_retrain_loop(tmp_path: Path) -> None:
         text=True,
         check=True,
     )
-    assert "wrote" in retrained.stdout
+    assert "built penguins 1.1.0" in retrained.stdout
     manifest = json.loads((tmp_path / "models" / "penguins" / "1.1.0" / "manifest.json").read_text())
-    assert [d["path"] for d in manifest["training_data"]][-1] == out.name
+    assert manifest["training_data"][-1] == {
+        "path": out.name,
+        "sha256": manifest["training_data"][-1]["sha256"],
+        "rows": 3,
+    }
     assert subprocess.run([*env_cmd, "verify", str(tmp_path / "models")], check=False).returncode == 0

@@ -120,7 +120,7 @@ def test_corrupted_at_startup_with_two_workers_exits_1_naming_the_file(tmp_path:
     from conftest import start_server
 
     models = _copy_models(tmp_path / "models")
-    target = models / "penguins" / "1.0.0" / "model.onnx"
+    target = models / "penguins" / "1.1.0" / "model.onnx"
     _, corrupted_sha = _overwrite_in_place(target)
     server = start_server(tmp_path, {"TABSERVE_MODELS_DIR": str(models), "TABSERVE_WORKERS": "2"}, wait_ready=False)
     try:

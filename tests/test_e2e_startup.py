@@ -86,7 +86,7 @@ def test_serve_exits_fast_naming_hashes_when_onnx_corrupted(tmp_path: Path) -> N
 
 def test_serve_exits_fast_naming_file_when_artifact_missing(tmp_path: Path) -> None:
     models = _copy_models(tmp_path / "models")
-    onnx = models / "penguins" / "1.0.0" / "model.onnx"
+    onnx = models / "penguins" / "1.1.0" / "model.onnx"
     expected = _expected(onnx.parent, "model.onnx")
     onnx.unlink()
     code, elapsed, output = _run_until_exit(tmp_path, {"TABSERVE_MODELS_DIR": str(models)})

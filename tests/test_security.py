@@ -34,9 +34,9 @@ def test_a_pickle_planted_in_a_model_folder_is_refused_never_executed(tmp_path: 
     models = tmp_path / "models"
     shutil.copytree(MODELS / "penguins", models / "penguins")
     marker = tmp_path / "marker"
-    (models / "penguins" / "1.0.0" / name).write_bytes(pickle.dumps(Planted(marker), protocol=4))
+    (models / "penguins" / "1.1.0" / name).write_bytes(pickle.dumps(Planted(marker), protocol=4))
     with pytest.raises(ManifestError, match="pickle"):
-        verify_model_dir(models / "penguins" / "1.0.0")
+        verify_model_dir(models / "penguins" / "1.1.0")
     assert not marker.exists()
 
 
@@ -44,7 +44,7 @@ def test_a_service_with_a_planted_pickle_refuses_to_start(make_client, tmp_path:
     models = tmp_path / "models"
     shutil.copytree(MODELS / "penguins", models / "penguins")
     marker = tmp_path / "marker"
-    (models / "penguins" / "1.0.0" / "model.pkl").write_bytes(pickle.dumps(Planted(marker)))
+    (models / "penguins" / "1.1.0" / "model.pkl").write_bytes(pickle.dumps(Planted(marker)))
     with pytest.raises(TabserveError, match=r"model\.pkl: a pickle file"):
         make_client(models_dir=models, default_model="penguins")
     assert not marker.exists()

@@ -99,14 +99,16 @@ def test_penguins_export_uses_package_layout_when_csv(store: SqliteStore, tmp_pa
     assert lines[2] == "Gentoo,NEWISLAND,40.0,18.0,190,4000,NA,NA"
 
 
-def test_penguins_export_matches_package_csv_header_when_compared(store: SqliteStore, tmp_path: Path) -> None:
-    penguins_data = pytest.importorskip("tabserve.training.penguins_data")
-    header = penguins_data.package_csv().read_text().splitlines()[0]
-    assert header == PENGUINS_HEADER
+def test_penguins_export_is_training_data_for_the_build(store: SqliteStore, tmp_path: Path) -> None:
+    shipped = pytest.importorskip("tabserve.training.build.shipped")
+    read = pytest.importorskip("tabserve.training.build.read")
+    data = shipped.default_data("penguins")
+    assert data.read_text().splitlines()[0] == PENGUINS_HEADER
     out = tmp_path / "penguins.csv"
     export_log(store, "penguins", None, True, "csv", out)
-    frame, base_rows = penguins_data.read_frame(extra=out)
-    assert frame["species"].tolist()[base_rows:] == ["Adelie", "Gentoo"]
+    frame, counts = read.read_tables([data, out])
+    assert counts[1] == 2
+    assert frame["species"].tolist()[counts[0] :] == ["Adelie", "Gentoo"]
 
 
 def test_export_writes_typed_columns_when_parquet(store: SqliteStore, tmp_path: Path) -> None:

@@ -23,20 +23,37 @@ from tabserve.memory import fix_mmap_threshold
 if TYPE_CHECKING:
     from tabserve.store.base import PredictionStore
 
-TRAINERS = {"co2": "tabserve.training.co2", "penguins": "tabserve.training.penguins"}
+TRAINERS = {"co2": "tabserve.training.co2"}
+"""Shipped models with their own trainer (what is truly model-specific); the others are a packaged spec plus the
+generic build (``tabserve.training.build.shipped``)."""
+SPEC_TRAINED = ("penguins",)
 DEFAULT_MODELS = Path("models")
 SHEDDING_PROTOCOL = "tabserve.api.shedding:SheddingProtocol"
 """uvicorn's httptools protocol with admission decided at parse time (an import string: workers import it)."""
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.model in SPEC_TRAINED:
+        from tabserve.training.build.report import print_report
+        from tabserve.training.build.shipped import build_arguments
+
+        return print_report(
+            build_arguments(
+                args.model,
+                Path(args.data) if args.data else None,
+                Path(args.extra) if args.extra else None,
+                Path(args.out),
+                args.version,
+                args.seed,
+            )
+        )
     from tabserve.training.options import DEFAULT_SEED, TrainOptions
 
     module = importlib.import_module(TRAINERS[args.model])
     options = TrainOptions(
         data_dir=Path(args.data) if args.data else None,
         out_root=Path(args.out),
-        version=args.version,
+        version=args.version or "1.0.0",
         seed=DEFAULT_SEED if args.seed is None else args.seed,
         extra=Path(args.extra) if args.extra else None,
         plots=not args.no_plots,
@@ -313,13 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=_cmd_predict)
 
     train = sub.add_parser("train", help="train, calibrate, evaluate and export a model version")
-    train.add_argument("model", choices=sorted(TRAINERS))
-    train.add_argument("--data", help="folder with the training CSVs (co2)")
+    train.add_argument("model", choices=sorted([*TRAINERS, *SPEC_TRAINED]))
+    train.add_argument(
+        "--data", help="folder with the training CSVs (co2; penguins: a CSV or its folder, default the bundled one)"
+    )
     train.add_argument("--out", default=str(DEFAULT_MODELS), help="models root (default: models)")
-    train.add_argument("--version", default="1.0.0")
+    train.add_argument("--version", help="co2: default 1.0.0; penguins: default the next minor, never overwritten")
     train.add_argument("--seed", type=int, help="random seed (default: the one the bundled models used)")
     train.add_argument("--extra", help="exported prediction log with feedback to add to training")
-    train.add_argument("--no-plots", action="store_true", help="skip the model card's PNG plots")
+    train.add_argument("--no-plots", action="store_true", help="skip the model card's PNG plots (co2)")
     train.set_defaults(func=_cmd_train)
 
     from tabserve.training.build.arguments import add_build_parser  # argparse only: nothing of the build is imported

@@ -11,7 +11,7 @@ DEFAULT_SEED = 20261126
 @dataclass(frozen=True, slots=True)
 class TrainOptions:
     data_dir: Path | None
-    """Folder with the training CSVs (co2: the NRCan files; penguins: None = the palmerpenguins package)."""
+    """Folder with the training CSVs (co2: the NRCan files)."""
     out_root: Path
     """Where ``<name>/<version>/`` is written (the repo's ``models/``)."""
     version: str

@@ -1,0 +1,54 @@
+"""Shipped models that are a spec file plus the generic build (``tabserve train penguins``): where their spec and
+their default data are, turned into the ``tabserve build`` arguments that make them."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+from pathlib import Path
+
+from tabserve.errors import BuildError
+
+DATA_FILES = {"penguins": "palmer_penguins.csv"}
+"""The file a ``--data`` folder is searched for (the name in ``../shared/data``)."""
+
+
+def spec_path(name: str) -> Path:
+    return Path(str(importlib.resources.files("tabserve.training") / "specs" / f"{name}.toml"))
+
+
+def spec_models() -> list[str]:
+    """The shipped models built from a packaged spec."""
+    return sorted(DATA_FILES)
+
+
+def default_data(name: str) -> Path:
+    if name == "penguins":  # the palmerpenguins package's CSV (the train extra), byte for byte the shared copy
+        path = Path(str(importlib.resources.files("palmerpenguins") / "data" / "penguins.csv"))
+        if path.is_file():
+            return path
+    raise BuildError(f"{name}: no bundled training data; pass --data FILE")
+
+
+def build_arguments(
+    name: str, data: Path | None, extra: Path | None, out: Path, version: str | None, seed: int | None
+) -> argparse.Namespace:
+    """``tabserve build --data DATA [--data EXTRA] --name NAME --spec <packaged spec> --models-dir OUT``."""
+    if data is not None and data.is_dir():
+        data = data / DATA_FILES[name]
+    files = [data or default_data(name)] + ([extra] if extra else [])
+    return argparse.Namespace(
+        data=[str(f) for f in files],
+        target=None,
+        name=name,
+        task=None,
+        spec=str(spec_path(name)),
+        time_column=None,
+        version=version,
+        models_dir=str(out),
+        onnx=None,
+        model=None,
+        trust_pickle=False,
+        seed=seed,
+        port=8080,
+    )
