@@ -37,8 +37,9 @@ def test_unit_columns_follow_the_input_names_unit_suffix() -> None:
 
 def test_plan_keeps_other_columns_and_rejects_doubled_inputs_and_clashes() -> None:
     co2 = manifest("co2")
-    p = plan(co2, ["id", "make", "engine_size_cc", "model", "CO2 (g/km)"])
-    assert p.direct == ("make", "model")
+    required = [s.name for s in co2.inputs if s.required and s.name != "engine_size_l"]
+    p = plan(co2, ["id", *required, "engine_size_cc", "CO2 (g/km)"])
+    assert p.direct == tuple(s.name for s in co2.inputs if s.name in required)
     assert [u.column for u in p.units] == ["engine_size_cc"]
     assert p.passthrough == ("id", "CO2 (g/km)")
     with pytest.raises(ScoreInputError, match="engine_size_l given by engine_size_l, engine_size_cc"):
@@ -47,6 +48,8 @@ def test_plan_keeps_other_columns_and_rejects_doubled_inputs_and_clashes() -> No
         plan(co2, ["make", "prediction"])
     with pytest.raises(ScoreInputError, match="no column is an input"):
         plan(co2, ["a", "b"])
+    with pytest.raises(ScoreInputError, match=r"no column for the required input\(s\) engine_size_l of co2"):
+        plan(co2, required)
 
 
 def test_csv_text_cells_become_request_values() -> None:

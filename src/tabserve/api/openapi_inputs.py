@@ -14,11 +14,13 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from tabserve.features.fields import is_boolean_category
 from tabserve.features.units import FAMILIES
 from tabserve.manifest import CategoryInput, Manifest, NumericInput
 
-CATEGORY_PATTERN = "[0-9A-Za-z]"
-"""A category's normalised key keeps ASCII letters and digits: a value without one is blank (422)."""
+CATEGORY_PATTERN = r"[^\W_]"
+"""A category's normalised key keeps letters and digits of any script (Python's ``\\w`` less ``_``; an ECMA-262
+reader takes ``\\W`` as ASCII-only, so it is stricter there): a value without one is blank (422)."""
 TEXT_PATTERN = r"[^\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 """A character ``str.strip`` keeps (Python's whitespace, which is not ECMA-262's ``\\s``): text of only those is
 blank (422)."""
@@ -111,6 +113,9 @@ def value_schema(spec: Any) -> dict[str, Any]:
         schema.update(minLength=1, pattern=pattern)
     else:
         schema["type"] = ["string", "null"]
+    if isinstance(spec, CategoryInput) and is_boolean_category(spec):  # a true/false column: JSON booleans too
+        kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        schema["type"] = [*kinds, "boolean"]
     return schema
 
 

@@ -69,7 +69,7 @@ class NumberField:
         flag = spec.in_distribution
         self.train_low, self.train_high = (flag.min, flag.max) if flag else (spec.training.min, spec.training.max)
         self._warnings: dict[float, InputWarning] = {}
-        self._suffix = "" if spec.unit in UNITLESS else f" {spec.unit}"  # "2020", not "2020 year"
+        self._suffix = "" if spec.unit in UNITLESS or not spec.unit else f" {spec.unit}"  # "2020", not "2020 year"
 
     def check(self, raw: Any, parent: Loc) -> tuple[float | None, FieldError | None, InputWarning | None]:
         """Returns (canonical value or None when absent, error, out-of-distribution warning). ``parent`` is the
@@ -79,7 +79,8 @@ class NumberField:
             value = float(raw) if raw.__abs__() < 1e300 else math.inf
         elif raw is None or raw is MISSING:
             if self.required:
-                return None, FieldError((*parent, self.name), f"{self.name} is required ({self.unit})", "missing"), None
+                shown = f"{self.name} is required ({self.unit})" if self.unit else f"{self.name} is required"
+                return None, FieldError((*parent, self.name), shown, "missing"), None
             return None, None, None
         elif kind is dict:
             converted = self._convert(raw, (*parent, self.name))
@@ -126,6 +127,8 @@ class NumberField:
 
     def _type_error(self, raw: Any, loc: Loc) -> FieldError:
         got = "boolean" if isinstance(raw, bool) else type(raw).__name__
+        if not self.unit:
+            return FieldError(loc, f"{self.name} must be a number; got {got}", "wrong_type")
         return FieldError(
             loc,
             f'{self.name} must be a number in {self.unit} or {{"value": x, "unit": u}} '
@@ -145,9 +148,10 @@ class NumberField:
             )
         name = self.family.lookup(unit) if self.family else (self.unit if unit == self.unit else None)
         if name is None:
+            allowed = ", ".join(self.allowed_units) if self.unit else "none (send a bare number)"
             return FieldError(
                 (*loc, "unit"),
-                f"unknown unit {unit!r} for {self.name}; allowed units: {', '.join(self.allowed_units)}",
+                f"unknown unit {unit!r} for {self.name}; allowed units: {allowed}",
                 "unknown_unit",
                 {"allowed": self.allowed_units},
             )
@@ -163,6 +167,14 @@ class NumberField:
         return self.family.units[name](number)
 
 
+BOOLEAN_CATEGORIES = frozenset({"TRUE", "FALSE"})
+
+
+def is_boolean_category(spec: CategoryInput) -> bool:
+    """A category input whose values are true / false (built from a boolean column)."""
+    return bool(spec.categories) and {normalise_key(c) for c in spec.categories} <= BOOLEAN_CATEGORIES
+
+
 class CategoryField:
     kind = "category"
 
@@ -173,6 +185,8 @@ class CategoryField:
         table = {normalise_key(c): c for c in spec.categories}
         table.update({normalise_key(a): c for a, c in spec.aliases.items()})
         self._table = table
+        self.boolean = is_boolean_category(spec)
+        """Categories TRUE / FALSE (a true/false column): a JSON boolean is read as that text."""
         self._values: dict[str, str] = {}
         """Spellings seen before (not blank) -> the canonical category, or the normalised key if unseen."""
         self._unseen: set[str] = set()
@@ -228,6 +242,8 @@ class CategoryField:
         return values, sorted(unknown)
 
     def check(self, raw: Any, parent: Loc) -> tuple[str | None, FieldError | None, InputWarning | None]:
+        if type(raw) is bool and self.boolean:
+            raw = "TRUE" if raw else "FALSE"
         if type(raw) is str:
             value, known = self.lookup(raw)
             if not value:

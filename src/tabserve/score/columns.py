@@ -79,6 +79,17 @@ def output_columns(manifest: Manifest) -> tuple[str, ...]:
     return (*head, *body, "warnings", "out_of_distribution", "model_name", "model_version")
 
 
+FIXED_OUTPUTS = frozenset(
+    {"prediction", "prediction_set", "level", "unit", "interval_level", "interval_lower", "interval_upper"}
+    | {"warnings", "out_of_distribution", "model_name", "model_version"}
+)
+
+
+def is_output_name(name: str) -> bool:
+    """Whether a scored file could get a column of this name (an input so named could not be scored)."""
+    return name in FIXED_OUTPUTS or name.startswith("probability_")
+
+
 def plan(manifest: Manifest, schema_names: list[str]) -> ColumnPlan:
     """The column plan for a file; a clear error naming the columns when they do not fit the model."""
     names = set(schema_names)
@@ -101,6 +112,12 @@ def plan(manifest: Manifest, schema_names: list[str]) -> ColumnPlan:
         raise ScoreInputError(f"the input already has output column(s) {', '.join(clash)}; rename them")
     if not by_input:
         raise ScoreInputError(f"no column is an input of {manifest.name}; its inputs: {', '.join(inputs)}")
+    lacking = [spec.name for spec in manifest.inputs if spec.required and spec.name not in by_input]
+    if lacking:
+        raise ScoreInputError(
+            f"the file has no column for the required input(s) {', '.join(lacking)} of {manifest.name} "
+            "(every row would be rejected)"
+        )
     used = set(direct) | {u.column for u in units}
     passthrough = tuple(c for c in schema_names if c not in used)
     return ColumnPlan(direct, units, passthrough, outputs)

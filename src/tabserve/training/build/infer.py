@@ -17,6 +17,7 @@ import pandas as pd
 
 from tabserve.errors import BuildError
 from tabserve.features.text import normalise_key
+from tabserve.score.columns import is_output_name
 from tabserve.training.build.spec import DEFAULT_CALIBRATION_SHARE, BuildSpec
 
 MIN_CALIBRATION_ROWS = 30
@@ -146,8 +147,13 @@ def _target(frame: pd.DataFrame, name: str, task: str | None) -> tuple[pd.DataFr
     chosen = _task(task, target, name)
     classes: list[str] = []
     if chosen == "regression":
-        if not pd.api.types.is_numeric_dtype(target) or pd.api.types.is_bool_dtype(target):
-            first = next(i for i, v in enumerate(target) if not isinstance(v, int | float))
+        if pd.api.types.is_bool_dtype(target):
+            raise BuildError(
+                f"target column {name!r} is boolean (true/false); regression needs numbers, "
+                "or use --task classification"
+            )
+        if not pd.api.types.is_numeric_dtype(target):
+            first = next((i for i, v in enumerate(target) if isinstance(v, bool) or not isinstance(v, int | float)), 0)
             raise BuildError(
                 f"target column {name!r} is not numeric (row {_file_row(frame, first)} has {target.iloc[first]!r}); "
                 "regression needs numbers, or use --task classification"
@@ -193,12 +199,35 @@ def _leak(feature: pd.Series, target: pd.Series, task: str) -> bool:
         return bool(np.allclose(f.to_numpy(np.float64), t.to_numpy(np.float64), rtol=1e-9, atol=1e-12))
     if task != "classification":
         return False
-    ft = f.map(category_text).map(normalise_key)
-    tt = t.map(category_text).map(normalise_key)
-    if bool((ft == tt).all()):
-        return True
+    ft = f.map(category_text).map(normalise_key)  # the feature as the model sees it, the classes as they are
+    tt = t.map(category_text)
     pairs = pd.DataFrame({"f": ft, "t": tt}).drop_duplicates()
     return bool(pairs["f"].is_unique and pairs["t"].is_unique)
+
+
+MERGED_SHOWN = 4
+
+
+def _warn_merged_spellings(name: str, text: pd.Series, keys: pd.Series, warnings: list[str]) -> None:
+    """Say when normalising (case, spaces and punctuation ignored) merges values that differ by more than case and
+    spacing (``A+`` / ``A-`` / ``A``), or leaves a value without any letter or digit, read as missing."""
+    pairs = pd.DataFrame({"key": keys, "raw": text}).drop_duplicates("raw")
+    loose = pairs["raw"].map(lambda r: " ".join(str(r).casefold().split()))
+    pairs = pairs.assign(loose=loose).drop_duplicates(["key", "loose"])
+    blank = pairs.loc[pairs["key"] == "", "raw"].tolist()
+    if blank:
+        shown = ", ".join(repr(v) for v in blank[:MERGED_SHOWN]) + (" …" if len(blank) > MERGED_SHOWN else "")
+        warnings.append(f"column {name!r}: values without a letter or digit ({shown}) are read as missing")
+    groups = pairs[pairs["key"] != ""].groupby("key")["raw"].agg(list)
+    merged = [(key, raws) for key, raws in groups.items() if len(raws) > 1]
+    for key, raws in merged[:MERGED_SHOWN]:
+        spelled = ", ".join(repr(v) for v in raws[:MERGED_SHOWN]) + (" …" if len(raws) > MERGED_SHOWN else "")
+        warnings.append(
+            f"column {name!r}: {spelled} are one category ({key!r}): categories ignore case, spaces and "
+            "punctuation; give them distinct letters or digits (e.g. A_PLUS) if they differ"
+        )
+    if len(merged) > MERGED_SHOWN:
+        warnings.append(f"column {name!r}: {len(merged) - MERGED_SHOWN} more categories merged the same way")
 
 
 def _feature(
@@ -242,6 +271,7 @@ def _feature(
         return Feature(name, "number", missing, integer=integer and pd.api.types.is_integer_dtype(series))
     text = series.dropna().map(category_text)
     keys = text.map(normalise_key)
+    _warn_merged_spellings(name, text, keys, warnings)
     aliases = {normalise_key(k): normalise_key(v) for k, v in spec.column(name).aliases.items()}
     keys = keys.map(lambda k: aliases.get(k, k))
     keys = keys[keys != ""]
@@ -322,6 +352,12 @@ def infer_schema(
                 "drop it (spec [model] drop) if that is expected"
             )
         features.append(feature)
+    named_like_outputs = [f.name for f in features if is_output_name(f.name)]
+    if named_like_outputs:
+        raise BuildError(
+            f"input column(s) {named_like_outputs} are named like a column tabserve score adds to a scored file "
+            "(prediction, warnings, probability_…); rename them in the data"
+        )
     if not features:
         raise BuildError(f"no usable input columns besides the target {target!r} (dropped: {dropped})")
     unknown_optional = sorted(set(spec.optional) - {f.name for f in features})

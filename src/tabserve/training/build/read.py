@@ -36,11 +36,15 @@ def read_table(path: Path) -> pd.DataFrame:
         raise BuildError(f"{path}: the file has no columns")
     if len(frame) == 0:
         raise BuildError(f"{path}: the file has a header ({', '.join(map(str, frame.columns[:8]))}) but no data rows")
-    duplicated = [str(c) for c in frame.columns[frame.columns.duplicated()]]
+    names = pd.Index([str(c).strip() for c in frame.columns])
+    duplicated = sorted({str(c) for c in names[names.duplicated()]})
     if duplicated:
-        raise BuildError(f"{path}: duplicated column names {duplicated}")
+        raise BuildError(f"{path}: duplicated column names {duplicated} (after trimming spaces around names)")
     frame = frame.reset_index(drop=True)
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame.columns = names
+    for column in frame.columns:  # Parquet categoricals: their unused categories are not values of the data
+        if isinstance(frame[column].dtype, pd.CategoricalDtype):
+            frame[column] = frame[column].astype(object)
     return frame
 
 

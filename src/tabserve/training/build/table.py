@@ -9,6 +9,7 @@ numbers converted from the spec's ``data_unit``), and every matrix is then built
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -107,12 +108,35 @@ def normalise(frame: pd.DataFrame, schema: Schema, spec: BuildSpec) -> Rows:
     return Rows(columns, labels, file_rows)
 
 
+_NUMERIC_DATE = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-](\d{2,4})(?:[ T].*)?$")
+
+
+def _day_first(column: str, series: pd.Series) -> bool:
+    """Whether ``dd/mm/yyyy``-like dates are day first: decided by a field above 12; refused when no value decides."""
+    text = series.dropna().astype(str)
+    matched = text.str.extract(_NUMERIC_DATE)
+    if text.empty or bool(matched[0].isna().any()):
+        return False  # not all numeric d/m/y dates: ISO and named months parse unambiguously
+    first, second = matched[0].astype(int), matched[1].astype(int)
+    if bool((first > 12).any()):
+        return True
+    if bool((second > 12).any()):
+        return False
+    example = str(text.iloc[0]).strip()
+    raise BuildError(
+        f"time column {column!r}: dates like {example!r} could be day-first or month-first (no day above 12 tells); "
+        "write them as ISO dates (YYYY-MM-DD)"
+    )
+
+
 def _time_order(frame: pd.DataFrame, column: str) -> npt.NDArray[np.int64]:
     series = frame[column]
     if pd.api.types.is_numeric_dtype(series):
         key = series.to_numpy(dtype=np.float64)
     else:
-        parsed = pd.to_datetime(series, errors="coerce", format="mixed")
+        day_first = pd.api.types.is_datetime64_any_dtype(series) is False and _day_first(column, series)
+        # utc=True: offsets (+01:00) are converted, naive times are read as UTC, so a mix still orders
+        parsed = pd.to_datetime(series, errors="coerce", format="mixed", utc=True, dayfirst=day_first)
         bad = parsed.isna()
         if bool(bad.any()):
             position = int(np.flatnonzero(bad.to_numpy())[0])
