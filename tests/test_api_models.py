@@ -87,6 +87,17 @@ def test_feedback_attaches_and_conflicts(client: TestClient) -> None:
     assert invalid.status_code == 422 and invalid.json()["errors"][0]["field"] == "body.actual"
 
 
+def test_feedback_of_the_wrong_kind_is_refused(client: TestClient) -> None:
+    co2 = client.post("/predict", json=client.get("/models/co2").json()["example_request"]).json()["request_id"]
+    wrong = client.post("/feedback", json={"request_id": co2, "actual": "abc"})
+    assert wrong.status_code == 400 and "is a regression: actual must be a number" in wrong.json()["detail"]
+    example = client.get("/models/penguins").json()["example_request"]
+    penguin = client.post("/models/penguins/predict", json=example).json()["request_id"]
+    wrong = client.post("/feedback", json={"request_id": penguin, "actual": 12345})
+    assert wrong.status_code == 400 and "is a classification: actual must be a class label" in wrong.json()["detail"]
+    assert client.post("/feedback", json={"request_id": penguin, "actual": "Adelie"}).status_code == 200
+
+
 def test_openapi_has_a_working_example_per_model(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     for name in list_models(MODELS):

@@ -2,7 +2,8 @@
 
 The rules (both backends): an unknown request id or row is ``NotFoundError``; ``index=None`` means the request's
 only row (``BadRequestError`` when it has several); a second, different answer is ``ConflictError``; the same
-answer again is an idempotent repeat. A row served with an adaptive level also counts in ``coverage_counts``,
+answer again is an idempotent repeat; an answer of the wrong kind (a number for a classifier's row, a label for a
+regression's) is ``BadRequestError``. A row served with an adaptive level also counts in ``coverage_counts``,
 in the feedback's own transaction. Mixed into ``SqlStore``.
 """
 
@@ -45,6 +46,7 @@ class FeedbackQueries:
         def attach(cur: Any) -> FeedbackResult:
             row = self._logged_row(cur, request_id, index)
             idx = int(row[0])
+            _check_kind(request_id, row, value, label)
             cur.execute(
                 self._sql(
                     "INSERT INTO feedback (request_id, idx, actual_value, actual_label, time) VALUES (?, ?, ?, ?, ?) "
@@ -103,3 +105,13 @@ class FeedbackQueries:
         if picked is None:
             raise NotFoundError(f"request {request_id!r} has no row {index} (it has {count} rows)")
         return picked
+
+
+def _check_kind(request_id: str, row: LoggedRow, value: float | None, label: str | None) -> None:
+    """The answer must be of the prediction's kind: a class label for a classifier's row, a number for a
+    regression's (a wrong kind would enter the retraining data and the realised coverage unnoticed)."""
+    where = f"request {request_id!r} row {row[0]} ({row[1]} {row[2]})"
+    if row[4] is not None and label is None:
+        raise BadRequestError(f"{where} is a classification: actual must be a class label (a string), not {value!r}")
+    if row[4] is None and row[3] is not None and value is None:
+        raise BadRequestError(f"{where} is a regression: actual must be a number, not {label!r}")
