@@ -133,3 +133,27 @@ def test_unused_categories_and_mixed_offsets_are_read_as_the_data(
     manifest = json.loads((tmp_path / "odd" / "1.0.0" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["output"]["classes"] == ["no", "yes"]
     assert manifest["metrics"]["split"]["temporal"] is True
+
+
+def test_numbers_with_symbols_and_a_shifting_class_mix_are_warned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    n = 400
+    rng = np.random.default_rng(8)
+    x = rng.normal(0, 1, n)
+    frame = pd.DataFrame(
+        {
+            "day": pd.date_range("2021-01-01", periods=n, freq="D").strftime("%Y-%m-%d"),
+            "x": x,
+            "price": [f"${v:,.2f}" for v in rng.uniform(1, 5000, n)],
+            # the positive class grows from ~10 % to ~90 % of the rows over time
+            "y": np.where(rng.random(n) < np.linspace(0.1, 0.9, n), "late", "early"),
+        }
+    )
+    data = tmp_path / "drift.csv"
+    frame.to_csv(data, index=False)
+    args = ["build", "--data", str(data), "--name", "odd", "--models-dir", str(tmp_path), "--target", "y"]
+    assert main([*args, "--time-column", "day"]) == 0
+    err = capsys.readouterr().err
+    assert "column 'price' holds numbers written with symbols or separators (e.g. '$" in err
+    assert "the class shares shift between the calibration rows and the newer test rows" in err

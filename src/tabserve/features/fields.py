@@ -90,7 +90,13 @@ class NumberField:
         else:
             return None, self._type_error(raw, (*parent, self.name)), None
         if not math.isfinite(value):
-            return None, FieldError((*parent, self.name), f"{self.name} must be a finite number", "not_finite"), None
+            return (
+                None,
+                FieldError(
+                    (*parent, self.name), f"{self.name} must be a finite number below 1e300 in size", "not_finite"
+                ),
+                None,
+            )
         if value < self.low or value > self.high:
             return (
                 None,
@@ -157,7 +163,7 @@ class NumberField:
             )
         number = float(value) if abs(value) < 1e300 else math.inf
         if not math.isfinite(number):
-            return FieldError(loc, f"{self.name} must be a finite number", "not_finite")
+            return FieldError(loc, f"{self.name} must be a finite number below 1e300 in size", "not_finite")
         if self.family is None:
             return number
         if name in self.family.inverse and number <= 0:

@@ -170,6 +170,29 @@ def test_metrics(
     return out
 
 
+SHIFT_WARN_DISTANCE = 0.1
+"""Total variation distance between the calibration and test class shares above which a temporal build warns."""
+
+
+def class_shift(calibration: Rows, test: Rows, classes: Sequence[str]) -> str | None:
+    """A warning when the classes' shares differ between the calibration rows and the (newer) test rows: the
+    conformal guarantee assumes both come from the same distribution, so test coverage will be off its level."""
+    if calibration.rows == 0 or test.rows == 0:
+        return None
+    k = len(classes)
+    before = np.bincount(calibration.labels, minlength=k) / calibration.rows
+    after = np.bincount(test.labels, minlength=k) / test.rows
+    distance = float(0.5 * np.abs(before - after).sum())
+    if distance <= SHIFT_WARN_DISTANCE:
+        return None
+    moved = np.argsort(-np.abs(before - after))[:3]
+    shown = ", ".join(f"{classes[i]} {before[i]:.0%} → {after[i]:.0%}" for i in moved)
+    return (
+        f"the class shares shift between the calibration rows and the newer test rows ({shown}; total variation "
+        f"{distance:.2f}): conformal coverage assumes they match, so expect the test coverage off its level"
+    )
+
+
 def pattern_names(pattern_inputs: Sequence[str]) -> dict[str, str]:
     """Readable names of the pattern keys: ``"10"`` -> ``"garage given, pool absent"``."""
     names: dict[str, str] = {}

@@ -28,7 +28,14 @@ from tabserve.artifacts import verify_model_dir
 from tabserve.errors import BuildError
 from tabserve.manifest import ColumnSpec
 from tabserve.runtime import ColumnEncoder
-from tabserve.training.build.calibrate import ECE_BINS, conformal_tables, fit_temperature, pattern_names, test_metrics
+from tabserve.training.build.calibrate import (
+    ECE_BINS,
+    class_shift,
+    conformal_tables,
+    fit_temperature,
+    pattern_names,
+    test_metrics,
+)
 from tabserve.training.build.card import write_build_card
 from tabserve.training.build.convert import choose_output, default_opset, keep_output, with_temperature
 from tabserve.training.build.infer import Schema, infer_schema
@@ -207,7 +214,8 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
     progress.done(
         "infer", f"{schema.task} of {target!r}; {len(schema.features)} inputs ({kinds}); splits {splits.sizes()}"
     )
-    for warning in schema.warnings:
+    shift = class_shift(splits.calibration, splits.test, schema.classes) if splits.temporal and schema.classes else None
+    for warning in [*schema.warnings, *([shift] if shift else [])]:
         print(f"[build] warning: {warning}", file=stream)
 
     if args.onnx:

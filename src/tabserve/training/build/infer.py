@@ -19,6 +19,7 @@ from tabserve.errors import BuildError
 from tabserve.features.text import normalise_key
 from tabserve.score.columns import is_output_name
 from tabserve.training.build.spec import DEFAULT_CALIBRATION_SHARE, BuildSpec
+from tabserve.training.build.spelling import decorated_number, warn_merged_spellings
 
 MIN_CALIBRATION_ROWS = 30
 """Per conformal pattern: the 0.9 level needs 9 scores to be finite, 0.95 needs 19, 0.99 needs 99; below 30 a
@@ -205,31 +206,6 @@ def _leak(feature: pd.Series, target: pd.Series, task: str) -> bool:
     return bool(pairs["f"].is_unique and pairs["t"].is_unique)
 
 
-MERGED_SHOWN = 4
-
-
-def _warn_merged_spellings(name: str, text: pd.Series, keys: pd.Series, warnings: list[str]) -> None:
-    """Say when normalising (case, spaces and punctuation ignored) merges values that differ by more than case and
-    spacing (``A+`` / ``A-`` / ``A``), or leaves a value without any letter or digit, read as missing."""
-    pairs = pd.DataFrame({"key": keys, "raw": text}).drop_duplicates("raw")
-    loose = pairs["raw"].map(lambda r: " ".join(str(r).casefold().split()))
-    pairs = pairs.assign(loose=loose).drop_duplicates(["key", "loose"])
-    blank = pairs.loc[pairs["key"] == "", "raw"].tolist()
-    if blank:
-        shown = ", ".join(repr(v) for v in blank[:MERGED_SHOWN]) + (" …" if len(blank) > MERGED_SHOWN else "")
-        warnings.append(f"column {name!r}: values without a letter or digit ({shown}) are read as missing")
-    groups = pairs[pairs["key"] != ""].groupby("key")["raw"].agg(list)
-    merged = [(key, raws) for key, raws in groups.items() if len(raws) > 1]
-    for key, raws in merged[:MERGED_SHOWN]:
-        spelled = ", ".join(repr(v) for v in raws[:MERGED_SHOWN]) + (" …" if len(raws) > MERGED_SHOWN else "")
-        warnings.append(
-            f"column {name!r}: {spelled} are one category ({key!r}): categories ignore case, spaces and "
-            "punctuation; give them distinct letters or digits (e.g. A_PLUS) if they differ"
-        )
-    if len(merged) > MERGED_SHOWN:
-        warnings.append(f"column {name!r}: {len(merged) - MERGED_SHOWN} more categories merged the same way")
-
-
 def _feature(
     frame: pd.DataFrame, name: str, spec: BuildSpec, warnings: list[str], dropped: dict[str, str]
 ) -> Feature | None:
@@ -246,6 +222,11 @@ def _feature(
         if numeric is not None:
             series = numeric
             frame[name] = numeric
+        elif (example := decorated_number(series)) is not None:
+            warnings.append(
+                f"column {name!r} holds numbers written with symbols or separators (e.g. {example!r}): it is read as "
+                "text; write plain numbers in the data to use it as a number"
+            )
     is_number = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
     if forced == "number" and not is_number:
         numeric = pd.to_numeric(series, errors="coerce")
@@ -271,7 +252,7 @@ def _feature(
         return Feature(name, "number", missing, integer=integer and pd.api.types.is_integer_dtype(series))
     text = series.dropna().map(category_text)
     keys = text.map(normalise_key)
-    _warn_merged_spellings(name, text, keys, warnings)
+    warn_merged_spellings(name, text, keys, warnings)
     aliases = {normalise_key(k): normalise_key(v) for k, v in spec.column(name).aliases.items()}
     keys = keys.map(lambda k: aliases.get(k, k))
     keys = keys[keys != ""]
