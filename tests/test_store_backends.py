@@ -93,8 +93,8 @@ def test_feedback_conflicts_when_second_answer_differs(store: PredictionStore) -
     store.attach_feedback("a", 0, 210.0)
     with pytest.raises(ConflictError):
         store.attach_feedback("a", 0, 211.0)
-    with pytest.raises(ConflictError):
-        store.attach_feedback("a", 0, "210.0")
+    with pytest.raises(BadRequestError, match="is a regression: actual must be a number"):
+        store.attach_feedback("a", 0, "210.0")  # a label for a regression's row: the wrong kind, before any conflict
 
 
 def test_feedback_not_found_when_unknown_id_or_index(store: PredictionStore) -> None:
