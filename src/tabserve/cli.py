@@ -26,14 +26,15 @@ if TYPE_CHECKING:
 TRAINERS = {"co2": "tabserve.training.co2"}
 """Shipped models with their own trainer (what is truly model-specific); the others are a packaged spec plus the
 generic build (``tabserve.training.build.shipped``)."""
-SPEC_TRAINED = ("penguins",)
 DEFAULT_MODELS = Path("models")
 SHEDDING_PROTOCOL = "tabserve.api.shedding:SheddingProtocol"
 """uvicorn's httptools protocol with admission decided at parse time (an import string: workers import it)."""
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    if args.model in SPEC_TRAINED:
+    from tabserve.training.build.shipped import spec_models  # standard library only: nothing of the build
+
+    if args.model in spec_models():
         from tabserve.training.build.report import print_report
         from tabserve.training.build.shipped import build_arguments
 
@@ -330,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=_cmd_predict)
 
     train = sub.add_parser("train", help="train, calibrate, evaluate and export a model version")
-    train.add_argument("model", choices=sorted([*TRAINERS, *SPEC_TRAINED]))
+    from tabserve.training.build.shipped import spec_models  # standard library only: nothing of the build
+
+    train.add_argument("model", choices=sorted([*TRAINERS, *spec_models()]))
     train.add_argument(
         "--data", help="folder with the training CSVs (co2; penguins: a CSV or its folder, default the bundled one)"
     )

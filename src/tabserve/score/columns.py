@@ -68,26 +68,28 @@ def unit_columns(manifest: Manifest) -> dict[str, UnitColumn]:
     return out
 
 
+PROBABILITY_PREFIX = "probability_"
+CLASSIFICATION_OUTPUTS = ("prediction_set", "level")
+REGRESSION_OUTPUTS = ("unit", "interval_level", "interval_lower", "interval_upper")
+COMMON_OUTPUTS = ("warnings", "out_of_distribution", "model_name", "model_version")
+
+
 def output_columns(manifest: Manifest) -> tuple[str, ...]:
     """The columns a scored row gets, after its input columns."""
-    head = ("prediction",)
     if isinstance(manifest.output, ClassificationOutput):
-        probs = tuple(f"probability_{unit_slug(c) or c}" for c in manifest.output.classes)
-        body = (*probs, "prediction_set", "level")
+        probs = tuple(f"{PROBABILITY_PREFIX}{unit_slug(c) or c}" for c in manifest.output.classes)
+        body = (*probs, *CLASSIFICATION_OUTPUTS)
     else:
-        body = ("unit", "interval_level", "interval_lower", "interval_upper")
-    return (*head, *body, "warnings", "out_of_distribution", "model_name", "model_version")
+        body = REGRESSION_OUTPUTS
+    return ("prediction", *body, *COMMON_OUTPUTS)
 
 
-FIXED_OUTPUTS = frozenset(
-    {"prediction", "prediction_set", "level", "unit", "interval_level", "interval_lower", "interval_upper"}
-    | {"warnings", "out_of_distribution", "model_name", "model_version"}
-)
+FIXED_OUTPUTS = frozenset({"prediction", *CLASSIFICATION_OUTPUTS, *REGRESSION_OUTPUTS, *COMMON_OUTPUTS})
 
 
 def is_output_name(name: str) -> bool:
     """Whether a scored file could get a column of this name (an input so named could not be scored)."""
-    return name in FIXED_OUTPUTS or name.startswith("probability_")
+    return name in FIXED_OUTPUTS or name.startswith(PROBABILITY_PREFIX)
 
 
 def plan(manifest: Manifest, schema_names: list[str]) -> ColumnPlan:

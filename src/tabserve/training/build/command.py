@@ -197,7 +197,7 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
     models = Path(args.models_dir)
     version = choose_version(models, args.name, args.version)
     seed = DEFAULT_SEED if args.seed is None else args.seed
-    files = [Path(p) for p in ([args.data] if isinstance(args.data, str) else args.data)]
+    files = [Path(p) for p in args.data]
     frame, file_rows = read_tables(files)
     file_names = " + ".join(f.name for f in files)
     progress.done("read", f"{file_names}: {len(frame)} rows × {frame.shape[1]} columns")

@@ -11,6 +11,9 @@ from tabserve.errors import BuildError
 
 DATA_FILES = {"penguins": "palmer_penguins.csv"}
 """The file a ``--data`` folder is searched for (the name in ``../shared/data``)."""
+BUNDLED_DATA = {"penguins": ("palmerpenguins", "data/penguins.csv")}
+"""The default data: a file inside a package of the train extra (palmerpenguins' CSV is byte for byte the shared
+copy)."""
 
 
 def spec_path(name: str) -> Path:
@@ -23,11 +26,11 @@ def spec_models() -> list[str]:
 
 
 def default_data(name: str) -> Path:
-    if name == "penguins":  # the palmerpenguins package's CSV (the train extra), byte for byte the shared copy
-        path = Path(str(importlib.resources.files("palmerpenguins") / "data" / "penguins.csv"))
-        if path.is_file():
-            return path
-    raise BuildError(f"{name}: no bundled training data; pass --data FILE")
+    package, resource = BUNDLED_DATA[name]
+    path = Path(str(importlib.resources.files(package) / resource))
+    if not path.is_file():
+        raise BuildError(f"{name}: no bundled training data at {path}; pass --data FILE")
+    return path
 
 
 def build_arguments(
