@@ -73,6 +73,57 @@ def test_two_workers_and_csv_output_give_the_same_answers(tmp_path: Path) -> Non
             assert x[key] == y[key], key
 
 
+def interrupt_after(command: list[str], progress: Path, rows: int) -> bytes:
+    """Run ``command``, send Ctrl+C once its checkpoint has ``rows`` rows read; its stderr (it must exit 130)."""
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if progress.is_file() and json.loads(progress.read_text())["rows_read"] >= rows:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    return err
+
+
+def grouped(rows: list[dict[str, object]], path: Path, group_rows: int) -> Path:
+    """A Parquet file of many row groups (workers then read their own)."""
+    pq.write_table(pq.read_table(write(rows, path)), path, row_group_size=group_rows)
+    return path
+
+
+@pytest.mark.parametrize("output", ["parquet", "csv"])
+def test_workers_reading_their_own_row_groups_write_what_one_process_writes(tmp_path: Path, output: str) -> None:
+    source = grouped(co2_rows(data_dir(), 9000, bad=9), tmp_path / "fleet.parquet", 700)
+    assert pq.ParquetFile(source).metadata.num_row_groups == 13  # at least two per worker: they read them
+    one = run(Options(source, tmp_path / f"one.{output}", CO2, workers=1, batch_rows=500))
+    two = run(Options(source, tmp_path / f"two.{output}", CO2, workers=2, batch_rows=500))
+    assert (one.scored, one.rejected, one.warned) == (two.scored, two.rejected, two.warned) == (8991, 9, one.warned)
+    assert read(tmp_path / f"two.{output}") == read(tmp_path / f"one.{output}")
+    assert read(tmp_path / "two.rejects.csv") == read(tmp_path / "one.rejects.csv")
+    bad_rows = sorted((k * 37 + 11) % 9000 + 1 for k in range(9))
+    assert [r["row"] for r in read(tmp_path / "two.rejects.csv")] == bad_rows
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".spool")]  # the workers' parts are gone
+
+
+def test_ctrl_c_with_workers_on_row_groups_and_resume_finish_the_run(tmp_path: Path) -> None:
+    source = grouped(co2_rows(data_dir(), 60_000, bad=20), tmp_path / "fleet.parquet", 1500)
+    command = [str(TABSERVE), "score", str(source), str(tmp_path / "out.parquet"), "--model", "co2"]
+    command += ["--models", str(MODELS), "--workers", "2", "--batch-rows", "400", "--progress", "plain"]
+    progress = tmp_path / "out.parquet.progress.json"
+    assert b"--resume" in interrupt_after(command, progress, 2000)
+    stopped = json.loads(progress.read_text())
+    assert 0 < stopped["rows_read"] < 60_000
+    assert pq.ParquetFile(tmp_path / "out.parquet").metadata.num_rows == stopped["scored"]
+    resumed = subprocess.run([*command, "--resume"], cwd=REPO, capture_output=True, timeout=120, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (json.loads(resumed.stdout)["rows_read"], json.loads(resumed.stdout)["rejected"]) == (60_000, 20)
+    run(Options(source, tmp_path / "whole.parquet", CO2, workers=1, batch_rows=400))
+    assert read(tmp_path / "out.parquet") == read(tmp_path / "whole.parquet")
+    assert read(tmp_path / "out.rejects.csv") == read(tmp_path / "whole.rejects.csv")
+
+
 def test_penguins_get_probabilities_and_prediction_sets(tmp_path: Path) -> None:
     source = data_dir() / "palmer_penguins.csv"
     state = run(Options(source, tmp_path / "p.parquet", ModelRef("penguins", None, MODELS), workers=1))
@@ -106,16 +157,8 @@ def test_ctrl_c_leaves_valid_files_and_resume_finishes_the_run(tmp_path: Path) -
     source = write(co2_rows(data_dir(), 60_000, bad=20), tmp_path / "fleet.csv")
     command = [str(TABSERVE), "score", str(source), str(tmp_path / "out.parquet"), "--model", "co2"]
     command += ["--models", str(MODELS), "--workers", "1", "--batch-rows", "500", "--progress", "plain"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     progress = tmp_path / "out.parquet.progress.json"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if progress.is_file() and json.loads(progress.read_text())["rows_read"] >= 2000:
-            break
-        time.sleep(0.01)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
+    err = interrupt_after(command, progress, 2000)
     assert b"--resume" in err
     stopped = json.loads(progress.read_text())
     assert not stopped["complete"]

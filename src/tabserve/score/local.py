@@ -2,21 +2,28 @@
 
 One process (``workers=1``) scores in place; more workers are processes of their own (each loads the model and
 verifies its sha256), fed batches in order with at most two per worker in flight, so memory is bounded by the
-batch size, not the file. The first Ctrl+C (or SIGTERM) stops reading: the batches already scored are written,
-the files are closed valid, the checkpoint records them, and ``--resume`` goes on from there.
+batch size, not the file. A worker scores a batch and encodes it for both files (``writer.encode_part``): the
+parent reads, appends bytes and checkpoints, so scoring and encoding, most of a row's cost, run on every core.
+Workers are forked from a server process that imported the scorer once, and start while this process loads.
+The first Ctrl+C (or SIGTERM) stops reading: the batches already scored are written, the files are closed valid,
+the checkpoint records them, and ``--resume`` goes on from there.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -27,9 +34,9 @@ from tabserve.errors import ScoreInputError
 from tabserve.score import checkpoint as ckpt
 from tabserve.score.checkpoint import Checkpoint
 from tabserve.score.progress import Progress
-from tabserve.score.reader import BatchReader, file_format
-from tabserve.score.scorer import BatchScorer, ModelRef, Scored
-from tabserve.score.writer import BatchWriter
+from tabserve.score.reader import BatchReader, file_format, group_batches
+from tabserve.score.scorer import BatchScorer, ModelRef
+from tabserve.score.writer import BatchWriter, Encoded, encode_part
 
 DEFAULT_BATCH_ROWS = 65_536
 
@@ -53,21 +60,70 @@ class Options:
         return self.workers if self.workers > 0 else (os.cpu_count() or 1)
 
 
-_scorer: BatchScorer | None = None
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One scored batch, encoded for the output and rejects files where it was scored, and its counts."""
+
+    output: Encoded
+    rejects: Encoded
+    warned: int
+    out_of_distribution: int
 
 
-def _init_worker(ref: ModelRef, level: float | None, schema: pa.Schema) -> None:
-    global _scorer  # noqa: PLW0603 - one scorer per worker process, built once
+def _encoded(
+    scorer: BatchScorer,
+    batch: pa.RecordBatch,
+    first_row: int,
+    formats: tuple[str, str],
+    spools: tuple[Path, Path] | tuple[None, None] = (None, None),
+) -> Part:
+    scored = scorer.score(batch, first_row)
+    return Part(
+        encode_part(scored.output, formats[0], spools[0]),
+        encode_part(scored.rejects, formats[1], spools[1]),
+        scored.warned,
+        scored.out_of_distribution,
+    )
+
+
+_worker: tuple[BatchScorer, tuple[str, str]] | None = None
+
+
+def _init_worker(ref: ModelRef, level: float | None, schema: pa.Schema, formats: tuple[str, str]) -> None:
+    global _worker  # noqa: PLW0603 - one scorer per worker process, built once
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    _scorer = BatchScorer(ref, level, schema)
+    _worker = (BatchScorer(ref, level, schema), formats)
 
 
-def _score_in_worker(batch: pa.RecordBatch, first_row: int) -> Scored:
-    """The answers only: the parent still holds the batch and puts its input columns back (half the bytes through
-    the pipe on the way back)."""
-    if _scorer is None:
+def _score_in_worker(batch: pa.RecordBatch, first_row: int) -> Part:
+    """Scored and encoded in the worker: the parent only appends the bytes."""
+    if _worker is None:
         raise RuntimeError("worker not initialised")
-    return _scorer.score_answers(batch, first_row)
+    return _encoded(_worker[0], batch, first_row, _worker[1])
+
+
+def _score_group_in_worker(task: GroupTask) -> list[Part]:
+    """A row group read, scored and encoded in the worker (its parts spooled to files): the parent reads nothing."""
+    if _worker is None:
+        raise RuntimeError("worker not initialised")
+    scorer, formats = _worker
+    parts, first = [], task.first_row
+    batches = group_batches(task.path, task.group, task.skip, task.batch_rows, scorer.schema)
+    for i, batch in enumerate(batches):
+        spools = (task.spool / f"{task.group}-{i}.output", task.spool / f"{task.group}-{i}.rejects")
+        parts.append(_encoded(scorer, batch, first, formats, spools))
+        first += batch.num_rows
+    return parts
+
+
+@dataclass(frozen=True, slots=True)
+class GroupTask:
+    path: Path
+    group: int
+    skip: int
+    first_row: int
+    batch_rows: int
+    spool: Path
 
 
 class _Stop:
@@ -82,43 +138,135 @@ class _Stop:
         self.requested = True
 
 
-def _scored(options: Options, scorer: BatchScorer, reader: BatchReader, skip: int, stop: _Stop) -> Iterator[Scored]:
-    """Scored batches in input order, from this process or from worker processes."""
+def _context() -> BaseContext:
+    """Workers forked from a fresh server process that has imported the scorer once (``forkserver``: no threads
+    of this process are copied, and a worker starts in milliseconds instead of importing everything again);
+    ``spawn`` where there is no fork."""
+    if "forkserver" not in get_all_start_methods():
+        return get_context("spawn")
+    context = get_context("forkserver")
+    context.set_forkserver_preload(["__main__", "tabserve.score.local"])  # the main module once, not per worker
+    return context
+
+
+@dataclass(slots=True)
+class _Workers:
+    pool: ProcessPoolExecutor
+    count: int
+    spool: Path
+    """Where workers reading their own row groups leave their encoded parts for this process to append."""
+
+
+@contextmanager
+def _pool(options: Options, schema: pa.Schema, formats: tuple[str, str]) -> Iterator[_Workers | None]:
+    """The worker processes (none for one worker), started at once so they load while this process does."""
     workers = options.worker_count()
-    first = skip
     if workers == 1:
+        yield None
+        return
+    init = (options.model, options.level, schema, formats)
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    spool = Path(tempfile.mkdtemp(prefix=f".{options.output.name}.", suffix=".spool", dir=options.output.parent))
+    try:
+        with ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init_worker, initargs=init) as pool:
+            # a process per task submitted while none is idle: all of them now, from a thread, as starting one
+            # waits for the fork server's imports and this process has its own model to load meanwhile
+            starting = threading.Thread(target=_start, args=(pool, workers), name="tabserve-score-start")
+            starting.start()
+            try:
+                yield _Workers(pool, workers, spool)
+            finally:
+                starting.join()
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+
+
+def _start(pool: ProcessPoolExecutor, workers: int) -> None:
+    for _ in range(workers):
+        pool.submit(_started)
+
+
+def _started() -> None:
+    """Nothing: submitted to start the workers early."""
+
+
+def _parts(
+    workers: _Workers | None,
+    scorer: BatchScorer,
+    reader: BatchReader,
+    skip: int,
+    stop: _Stop,
+    formats: tuple[str, str],
+) -> Iterator[Part]:
+    """Scored, encoded batches in input order: from this process, from workers reading their own row groups
+    (a Parquet file with at least two per worker), or from workers fed the batches this process reads."""
+    first = skip
+    if workers is None:
         for batch in reader.batches(skip):
             if stop.requested:
                 return
-            yield scorer.score(batch, first)
+            yield _encoded(scorer, batch, first, formats)
             first += batch.num_rows
         return
-    context = get_context("spawn")
-    init = (options.model, scorer.level, reader.schema)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=init) as pool:
-        pending: deque[tuple[pa.RecordBatch, Future[Scored]]] = deque()
-        try:
-            for batch in reader.batches(skip):
-                if stop.requested:
-                    break
-                pending.append((batch, pool.submit(_score_in_worker, batch, first)))
-                first += batch.num_rows
-                while len(pending) >= 2 * workers and not stop.requested:
-                    done, future = pending.popleft()
-                    yield scorer.with_inputs(done, future.result())
-            while pending and not stop.requested:
-                done, future = pending.popleft()
-                yield scorer.with_inputs(done, future.result())
-        finally:
-            for _, future in pending:
-                future.cancel()
+    if len(reader.group_rows()) >= 2 * workers.count:
+        yield from _group_parts(workers, reader, skip, stop)
+        return
+    pending: deque[Future[Part]] = deque()
+    try:
+        for batch in reader.batches(skip):
+            if stop.requested:
+                break
+            pending.append(workers.pool.submit(_score_in_worker, batch, first))
+            first += batch.num_rows
+            while len(pending) >= 2 * workers.count and not stop.requested:
+                yield pending.popleft().result()
+        while pending and not stop.requested:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def _group_parts(workers: _Workers, reader: BatchReader, skip: int, stop: _Stop) -> Iterator[Part]:
+    pending: deque[Future[list[Part]]] = deque()
+
+    def done() -> Iterator[Part]:
+        for part in pending.popleft().result():
+            if stop.requested:
+                return
+            yield part
+
+    try:
+        for group, group_skip, first in reader.groups(skip):
+            if stop.requested:
+                break
+            task = GroupTask(reader.path, group, group_skip, first, reader.batch_rows, workers.spool)
+            pending.append(workers.pool.submit(_score_group_in_worker, task))
+            while len(pending) > workers.count and not stop.requested:
+                yield from done()
+        while pending and not stop.requested:
+            yield from done()
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 def run(options: Options, *, stream: TextIO | None = None, tty: bool | None = None) -> Checkpoint:
     """Score ``options.input`` into ``options.output`` (and the rejects file); the final checkpoint."""
-    file_format(options.output)  # an unknown output type is named before any work
-    file_format(options.rejects_path())
+    formats = (file_format(options.output), file_format(options.rejects_path()))  # named before any work
     reader = BatchReader(options.input, options.batch_rows)
+    with _pool(options, reader.schema, formats) as workers:
+        return _run(options, reader, workers, formats, stream, tty)
+
+
+def _run(
+    options: Options,
+    reader: BatchReader,
+    workers: _Workers | None,
+    formats: tuple[str, str],
+    stream: TextIO | None,
+    tty: bool | None,
+) -> Checkpoint:
     scorer = BatchScorer(options.model, options.level, reader.schema)
     state = Checkpoint(
         str(options.input.resolve()), scorer.model.name, scorer.model.version, scorer.level, options.batch_rows
@@ -143,13 +291,13 @@ def run(options: Options, *, stream: TextIO | None = None, tty: bool | None = No
     stop = _Stop()
     previous_handlers = _install(stop)
     try:
-        for scored in _scored(options, scorer, reader, state.rows_read, stop):
-            output.write(scored.output)
-            rejects.write(scored.rejects)
-            _account(state, scored)
+        for part in _parts(workers, scorer, reader, state.rows_read, stop, formats):
+            output.append(part.output)
+            rejects.append(part.rejects)
+            _account(state, part)
             state.output_bytes, state.rejects_bytes = output.flush(), rejects.flush()
             ckpt.save(progress_file, state)
-            progress.advance(scored.output.num_rows + scored.rejects.num_rows, scored.rejects.num_rows)
+            progress.advance(part.output.rows + part.rejects.rows, part.rejects.rows)
         state.complete = not stop.requested
     finally:
         _restore(previous_handlers)
@@ -163,12 +311,12 @@ def run(options: Options, *, stream: TextIO | None = None, tty: bool | None = No
     return state
 
 
-def _account(state: Checkpoint, scored: Scored) -> None:
-    state.rows_read += scored.output.num_rows + scored.rejects.num_rows
-    state.scored += scored.output.num_rows
-    state.rejected += scored.rejects.num_rows
-    state.warned += scored.warned
-    state.out_of_distribution += scored.out_of_distribution
+def _account(state: Checkpoint, part: Part) -> None:
+    state.rows_read += part.output.rows + part.rejects.rows
+    state.scored += part.output.rows
+    state.rejected += part.rejects.rows
+    state.warned += part.warned
+    state.out_of_distribution += part.out_of_distribution
 
 
 def _size(path: Path) -> int:

@@ -2,7 +2,8 @@
 
 A CSV is read with every column as text (an empty cell is null), so a cell that is not what the model expects is
 seen by the validator and rejected with its row, instead of failing the read of the whole file. Batches have
-exactly ``batch_rows`` rows (the last one fewer), so a resumed run cuts the file where the first run did.
+``batch_rows`` rows (fewer at the end of the file, or of a row group when workers read their own row groups,
+``group_batches``); a resumed run goes on from the last complete batch.
 """
 
 from __future__ import annotations
@@ -66,31 +67,60 @@ class BatchReader:
 
     def batches(self, skip_rows: int = 0) -> Iterator[pa.RecordBatch]:
         """Batches of ``batch_rows`` rows after the first ``skip_rows`` rows."""
-        size = self.batch_rows
-        pending: list[pa.RecordBatch] = []
-        held = 0
-        to_skip = skip_rows
-        try:
-            for raw in self._raw():
-                part = raw
-                if to_skip:
-                    if part.num_rows <= to_skip:
-                        to_skip -= part.num_rows
-                        continue
-                    part = part.slice(to_skip)
-                    to_skip = 0
-                pending.append(part)
-                held += part.num_rows
-                while held >= size:
-                    table = pa.Table.from_batches(pending, schema=self.schema)
-                    yield _one(table.slice(0, size), self.schema)
-                    rest = table.slice(size)
-                    pending = rest.to_batches() if rest.num_rows else []
-                    held = rest.num_rows
-        except pa.ArrowInvalid as exc:
-            raise ScoreInputError(f"{self.path}: cannot be read: {exc}") from exc
-        if held:
-            yield _one(pa.Table.from_batches(pending, schema=self.schema), self.schema)
+        return _rechunk(self._raw(), self.batch_rows, skip_rows, self.schema, self.path)
+
+    def group_rows(self) -> list[int]:
+        """The rows of each row group of a Parquet file (none for a CSV)."""
+        if self.format != "parquet":
+            return []
+        meta = pq.ParquetFile(self.path).metadata
+        return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+    def groups(self, skip_rows: int = 0) -> Iterator[tuple[int, int, int]]:
+        """(row group, rows of it to skip, file row of its first row read) of every row group after ``skip_rows``."""
+        first = 0
+        for group, rows in enumerate(self.group_rows()):
+            if first + rows > skip_rows:
+                skip = max(0, skip_rows - first)
+                yield group, skip, first + skip
+            first += rows
+
+
+def group_batches(
+    path: Path, group: int, skip_rows: int, batch_rows: int, schema: pa.Schema
+) -> Iterator[pa.RecordBatch]:
+    """The batches of one row group of a Parquet file after its first ``skip_rows`` rows, read where it is scored."""
+    raw = pq.ParquetFile(path).iter_batches(batch_size=batch_rows, row_groups=[group], use_threads=False)
+    return _rechunk(raw, batch_rows, skip_rows, schema, path)
+
+
+def _rechunk(
+    raw: Iterator[pa.RecordBatch], size: int, skip_rows: int, schema: pa.Schema, path: Path
+) -> Iterator[pa.RecordBatch]:
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    to_skip = skip_rows
+    try:
+        for read in raw:
+            part = read
+            if to_skip:
+                if part.num_rows <= to_skip:
+                    to_skip -= part.num_rows
+                    continue
+                part = part.slice(to_skip)
+                to_skip = 0
+            pending.append(part)
+            held += part.num_rows
+            while held >= size:
+                table = pa.Table.from_batches(pending, schema=schema)
+                yield _one(table.slice(0, size), schema)
+                rest = table.slice(size)
+                pending = rest.to_batches() if rest.num_rows else []
+                held = rest.num_rows
+    except pa.ArrowInvalid as exc:
+        raise ScoreInputError(f"{path}: cannot be read: {exc}") from exc
+    if held:
+        yield _one(pa.Table.from_batches(pending, schema=schema), schema)
 
 
 def _one(table: pa.Table, schema: pa.Schema) -> pa.RecordBatch:

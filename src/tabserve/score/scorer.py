@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pyarrow as pa
 
 from tabserve.confidence import BatchAnswers
@@ -56,17 +55,12 @@ class ModelRef:
 
 @dataclass(slots=True)
 class Scored:
-    """One batch's outcome: the scored rows (input columns + answers), the rejects, and counts.
-
-    From ``score_answers`` (what a worker process sends back), ``output`` holds the answer columns only and
-    ``kept`` the rows of the batch they belong to (None: every row); ``with_inputs`` puts the input columns back.
-    """
+    """One batch's outcome: the scored rows (input columns + answers), the rejects, and counts."""
 
     output: pa.RecordBatch
     rejects: pa.RecordBatch
     warned: int
     out_of_distribution: int
-    kept: npt.NDArray[np.int64] | None = None
 
 
 class BatchScorer:
@@ -115,37 +109,28 @@ class BatchScorer:
 
     def score(self, batch: pa.RecordBatch, first_row: int) -> Scored:
         """Score a batch whose first row is the file's data row ``first_row`` (0-based; rejects say 1-based)."""
-        return self.with_inputs(batch, self.score_answers(batch, first_row))
-
-    def score_answers(self, batch: pa.RecordBatch, first_row: int) -> Scored:
-        """``score`` without the input columns in ``output`` (a worker sends back only what it computed)."""
         rows = batch.num_rows
         if rows == 0:
-            return Scored(_empty(self.answers_schema), _empty(self.rejects_schema), 0, 0)
+            return Scored(_empty(self.output_schema), _empty(self.rejects_schema), 0, 0)
         columns = self._columns(batch)
-        good: npt.NDArray[np.int64] | None = None
+        kept = batch
         try:
             answers = self._answer(columns, rows)
             rejects = _empty(self.rejects_schema)
         except RequestValidationError:
             columns = {name: listed(col) for name, col in columns.items()}  # row by row: request values
             problems = self._problems(columns, rows)
-            good = np.array([i for i in range(rows) if i not in problems], dtype=np.int64)
+            good = [i for i in range(rows) if i not in problems]
             rejects = self._rejects(batch, problems, first_row)
-            if len(good) == 0:
-                return Scored(_empty(self.answers_schema), rejects, 0, 0, good)
-            keep = good.tolist()
-            subset = {name: [col[i] for i in keep] for name, col in columns.items()}
-            answers = self._answer(subset, len(good))
-        output = pa.RecordBatch.from_arrays(answer_columns(self.model, answers), schema=self.answers_schema)
+            if not good:
+                return Scored(_empty(self.output_schema), rejects, 0, 0)
+            kept = batch.take(pa.array(good, pa.int64()))
+            answers = self._answer({name: [col[i] for i in good] for name, col in columns.items()}, len(good))
+        output = pa.RecordBatch.from_arrays(
+            [*kept.columns, *answer_columns(self.model, answers)], schema=self.output_schema
+        )
         warned = len({i for run_rows, _ in answers.runs for i in run_rows})
-        return Scored(output, rejects, warned, int(np.count_nonzero(answers.out_of_distribution)), good)
-
-    def with_inputs(self, batch: pa.RecordBatch, scored: Scored) -> Scored:
-        """``scored`` (from ``score_answers`` of ``batch``) with the kept rows' input columns before its answers."""
-        kept = batch if scored.kept is None else batch.take(pa.array(scored.kept, pa.int64()))
-        output = pa.RecordBatch.from_arrays([*kept.columns, *scored.output.columns], schema=self.output_schema)
-        return Scored(output, scored.rejects, scored.warned, scored.out_of_distribution)
+        return Scored(output, rejects, warned, int(np.count_nonzero(answers.out_of_distribution)))
 
     def _problems(self, columns: dict[str, list[Any]], rows: int) -> dict[int, list[FieldError]]:
         """Every invalid row's problems, from the single-instance checks (the same checks, row by row)."""
