@@ -124,6 +124,17 @@ def test_ctrl_c_with_workers_on_row_groups_and_resume_finish_the_run(tmp_path: P
     assert read(tmp_path / "out.rejects.csv") == read(tmp_path / "whole.rejects.csv")
 
 
+def test_a_refused_level_with_workers_is_one_line_not_a_traceback_per_worker(tmp_path: Path) -> None:
+    source = grouped(co2_rows(data_dir(), 400), tmp_path / "fleet.parquet", 50)
+    command = [str(TABSERVE), "score", str(source), str(tmp_path / "o.parquet"), "--model", "co2", "--level", "5"]
+    command += ["--models", str(MODELS), "--workers", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "tabserve score: query.level: level 5.0 is not available; allowed levels: 0.5, 0.8, 0.9, 0.95, 0.99"
+    ]
+
+
 def test_penguins_get_probabilities_and_prediction_sets(tmp_path: Path) -> None:
     source = data_dir() / "palmer_penguins.csv"
     state = run(Options(source, tmp_path / "p.parquet", ModelRef("penguins", None, MODELS), workers=1))

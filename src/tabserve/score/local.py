@@ -86,27 +86,37 @@ def _encoded(
     )
 
 
+_worker_args: tuple[ModelRef, float | None, pa.Schema, tuple[str, str]] | None = None
 _worker: tuple[BatchScorer, tuple[str, str]] | None = None
 
 
 def _init_worker(ref: ModelRef, level: float | None, schema: pa.Schema, formats: tuple[str, str]) -> None:
-    global _worker  # noqa: PLW0603 - one scorer per worker process, built once
+    global _worker_args  # noqa: PLW0603 - what this worker process scores with, set once
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    _worker = (BatchScorer(ref, level, schema), formats)
+    _worker_args = (ref, level, schema, formats)
+
+
+def _loaded() -> tuple[BatchScorer, tuple[str, str]]:
+    """This worker's scorer, loaded (and verified) on its first batch: a model or level the parent refuses is then
+    reported once, by the parent, instead of by every worker as it starts."""
+    global _worker  # noqa: PLW0603 - one scorer per worker process, built once
+    if _worker is None:
+        if _worker_args is None:
+            raise RuntimeError("worker not initialised")
+        ref, level, schema, formats = _worker_args
+        _worker = (BatchScorer(ref, level, schema), formats)
+    return _worker
 
 
 def _score_in_worker(batch: pa.RecordBatch, first_row: int) -> Part:
     """Scored and encoded in the worker: the parent only appends the bytes."""
-    if _worker is None:
-        raise RuntimeError("worker not initialised")
-    return _encoded(_worker[0], batch, first_row, _worker[1])
+    scorer, formats = _loaded()
+    return _encoded(scorer, batch, first_row, formats)
 
 
 def _score_group_in_worker(task: GroupTask) -> list[Part]:
     """A row group read, scored and encoded in the worker (its parts spooled to files): the parent reads nothing."""
-    if _worker is None:
-        raise RuntimeError("worker not initialised")
-    scorer, formats = _worker
+    scorer, formats = _loaded()
     parts, first = [], task.first_row
     batches = group_batches(task.path, task.group, task.skip, task.batch_rows, scorer.schema)
     for i, batch in enumerate(batches):
