@@ -21,6 +21,7 @@ SCHEMA = pa.schema(
         pa.field("flag", pa.bool_()),
         pa.field("tags", pa.list_(pa.string())),
         pa.field("when", pa.timestamp("us", tz="UTC")),
+        pa.field("where", pa.struct([pa.field("lat", pa.float64()), pa.field("lon", pa.float64())])),
     ]
 )
 
@@ -35,6 +36,7 @@ def batch(start: int, rows: int) -> pa.RecordBatch:
             "flag": [i % 2 == 0 for i in ids],
             "tags": [[str(i % 3)] * (i % 4) for i in ids],
             "when": [1_700_000_000_000_000 + i for i in ids],
+            "where": [{"lat": i / 7, "lon": -i / 11} for i in ids],
         },
         schema=SCHEMA,
     )

@@ -99,8 +99,10 @@ class ParquetParts:
 
     def __init__(self, path: Path, schema: pa.Schema, *, resume_rows: int | None = None) -> None:
         self.path = path
-        self.template = _part_footer(encode_file(pa.Table.from_pylist([], schema=schema)))[0]
-        self.columns = len(schema)
+        empty = encode_file(pa.Table.from_pylist([], schema=schema))
+        self.template = _part_footer(empty)[0]
+        self.columns = pq.read_metadata(pa.BufferReader(empty)).num_columns
+        """Leaf columns: a struct column has one per field."""
         self.groups: list[thrift.Struct] = []
         self.rows = 0
         self._file: BinaryIO
