@@ -26,7 +26,7 @@ from multiprocessing import get_all_start_methods, get_context
 from multiprocessing.context import BaseContext
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import pyarrow as pa
 
@@ -39,6 +39,7 @@ from tabserve.score.scorer import BatchScorer, ModelRef
 from tabserve.score.writer import BatchWriter, Encoded, encode_part
 
 DEFAULT_BATCH_ROWS = 65_536
+R = TypeVar("R")
 
 
 @dataclass(slots=True)
@@ -114,6 +115,19 @@ def _score_in_worker(batch: pa.RecordBatch, first_row: int) -> Part:
     return _encoded(scorer, batch, first_row, formats)
 
 
+@dataclass(frozen=True, slots=True)
+class GroupTask:
+    """One row group for a worker to read itself: skip its first ``skip`` rows (a resumed run), whose first
+    scored row is the file's row ``first_row``; the encoded parts go to files in ``spool``."""
+
+    path: Path
+    group: int
+    skip: int
+    first_row: int
+    batch_rows: int
+    spool: Path
+
+
 def _score_group_in_worker(task: GroupTask) -> list[Part]:
     """A row group read, scored and encoded in the worker (its parts spooled to files): the parent reads nothing."""
     scorer, formats = _loaded()
@@ -124,16 +138,6 @@ def _score_group_in_worker(task: GroupTask) -> list[Part]:
         parts.append(_encoded(scorer, batch, first, formats, spools))
         first += batch.num_rows
     return parts
-
-
-@dataclass(frozen=True, slots=True)
-class GroupTask:
-    path: Path
-    group: int
-    skip: int
-    first_row: int
-    batch_rows: int
-    spool: Path
 
 
 class _Stop:
@@ -210,52 +214,46 @@ def _parts(
 ) -> Iterator[Part]:
     """Scored, encoded batches in input order: from this process, from workers reading their own row groups
     (a Parquet file with at least two per worker), or from workers fed the batches this process reads."""
-    first = skip
     if workers is None:
+        first = skip
         for batch in reader.batches(skip):
             if stop.requested:
                 return
             yield _encoded(scorer, batch, first, formats)
             first += batch.num_rows
         return
-    if len(reader.group_rows()) >= 2 * workers.count:
-        yield from _group_parts(workers, reader, skip, stop)
+    pool = workers.pool
+    if len(reader.group_rows) >= 2 * workers.count:
+        tasks = (GroupTask(reader.path, *group, reader.batch_rows, workers.spool) for group in reader.groups(skip))
+        for parts in _in_order((pool.submit(_score_group_in_worker, t) for t in tasks), workers.count + 1, stop):
+            for part in parts:
+                if stop.requested:
+                    return
+                yield part
         return
-    pending: deque[Future[Part]] = deque()
-    try:
+
+    def fed() -> Iterator[Future[Part]]:
+        first = skip
         for batch in reader.batches(skip):
+            yield pool.submit(_score_in_worker, batch, first)
+            first += batch.num_rows
+
+    yield from _in_order(fed(), 2 * workers.count, stop)
+
+
+def _in_order(futures: Iterator[Future[R]], limit: int, stop: _Stop) -> Iterator[R]:
+    """The results of ``futures`` (each submitted as it is drawn) in order, at most ``limit`` in flight; those
+    not yet taken when a stop is requested are cancelled."""
+    pending: deque[Future[R]] = deque()
+    try:
+        for future in futures:
+            pending.append(future)
+            while len(pending) >= limit and not stop.requested:
+                yield pending.popleft().result()
             if stop.requested:
                 break
-            pending.append(workers.pool.submit(_score_in_worker, batch, first))
-            first += batch.num_rows
-            while len(pending) >= 2 * workers.count and not stop.requested:
-                yield pending.popleft().result()
         while pending and not stop.requested:
             yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
-
-
-def _group_parts(workers: _Workers, reader: BatchReader, skip: int, stop: _Stop) -> Iterator[Part]:
-    pending: deque[Future[list[Part]]] = deque()
-
-    def done() -> Iterator[Part]:
-        for part in pending.popleft().result():
-            if stop.requested:
-                return
-            yield part
-
-    try:
-        for group, group_skip, first in reader.groups(skip):
-            if stop.requested:
-                break
-            task = GroupTask(reader.path, group, group_skip, first, reader.batch_rows, workers.spool)
-            pending.append(workers.pool.submit(_score_group_in_worker, task))
-            while len(pending) > workers.count and not stop.requested:
-                yield from done()
-        while pending and not stop.requested:
-            yield from done()
     finally:
         for future in pending:
             future.cancel()

@@ -40,11 +40,14 @@ class BatchReader:
         self.batch_rows = batch_rows
         self.format = file_format(path)
         self.total_rows: int | None = None
+        self.group_rows: list[int] = []
+        """The rows of each row group of a Parquet file (none for a CSV)."""
         try:
             if self.format == "parquet":
                 meta = pq.ParquetFile(path)
                 self.schema: pa.Schema = meta.schema_arrow
                 self.total_rows = meta.metadata.num_rows
+                self.group_rows = [meta.metadata.row_group(i).num_rows for i in range(meta.metadata.num_row_groups)]
             else:
                 names = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 16)).schema.names
                 self.schema = pa.schema([pa.field(n, pa.string()) for n in names])
@@ -69,17 +72,10 @@ class BatchReader:
         """Batches of ``batch_rows`` rows after the first ``skip_rows`` rows."""
         return _rechunk(self._raw(), self.batch_rows, skip_rows, self.schema, self.path)
 
-    def group_rows(self) -> list[int]:
-        """The rows of each row group of a Parquet file (none for a CSV)."""
-        if self.format != "parquet":
-            return []
-        meta = pq.ParquetFile(self.path).metadata
-        return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-
     def groups(self, skip_rows: int = 0) -> Iterator[tuple[int, int, int]]:
         """(row group, rows of it to skip, file row of its first row read) of every row group after ``skip_rows``."""
         first = 0
-        for group, rows in enumerate(self.group_rows()):
+        for group, rows in enumerate(self.group_rows):
             if first + rows > skip_rows:
                 skip = max(0, skip_rows - first)
                 yield group, skip, first + skip
