@@ -32,6 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxmltools import convert_lightgbm
 from onnxmltools.convert.common.data_types import FloatTensorType
 
+from tabserve.training.build.embed import embedded
 from tabserve.training.co2_data import CITY, COMB, FUEL_CODES, HWY
 
 F32 = np.float32
@@ -221,28 +222,7 @@ def _trees(
     ml = {o.domain: o.version for o in converted.opset_import}.get("ai.onnx.ml")
     if ml is not None and ml > ML_OPSET:
         raise ValueError(f"converter emitted ai.onnx.ml opset {ml}, above {ML_OPSET}")
-    graph = converted.graph
-    rename = {t.name: prefix + t.name for t in graph.initializer}
-    rename[graph.input[0].name] = input_name
-    for node in graph.node:
-        rename.update({name: prefix + name for name in node.output})
-    nodes = []
-    for node in graph.node:
-        new = onnx.NodeProto()
-        new.CopyFrom(node)
-        new.name = prefix + node.name
-        new.ClearField("input")
-        new.input.extend(rename.get(name, name) for name in node.input)
-        new.ClearField("output")
-        new.output.extend(rename[name] for name in node.output)
-        nodes.append(new)
-    initializers = []
-    for init in graph.initializer:
-        new_init = onnx.TensorProto()
-        new_init.CopyFrom(init)
-        new_init.name = rename[init.name]
-        initializers.append(new_init)
-    return nodes, initializers, rename[graph.output[0].name]
+    return embedded(converted.graph, prefix, input_name)
 
 
 def _const(name: str, values: Sequence[float] | Sequence[int] | float, dtype: Any) -> onnx.TensorProto:

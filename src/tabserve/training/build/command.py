@@ -206,7 +206,7 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
     rows = normalise(frame, schema, spec)
     check_spec_ranges(rows, schema, spec)
     shares = (spec.calibration_share, spec.test_share)
-    early_stopping = not (args.model or args.onnx) and spec.estimator == "lightgbm"
+    early_stopping = not (args.model or args.onnx) and spec.estimator in ("lightgbm", "per_pattern")
     splits = split(frame, rows, schema, seed, shares, validation=early_stopping)
     kinds = ", ".join(f"{f.name}:{f.kind[:3]}" for f in schema.features[:12]) + (
         " …" if len(schema.features) > 12 else ""
@@ -225,7 +225,7 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
         servable = from_pickle(Path(args.model), schema, frame)
         progress.done("train", f"given fitted {servable.estimator}: not trained here (loaded in a child process)")
     else:
-        servable = train_for_me(schema, splits, rows, seed, spec.estimator, _encode_with)
+        servable = train_for_me(schema, splits, rows, seed, spec, _encode_with)
         rounds = servable.details.get("rounds")
         progress.done("train", servable.estimator + (f", {rounds} rounds (early stopping)" if rounds else ""))
     schema = _restrict(schema, servable.features)

@@ -29,17 +29,27 @@ EARLY_STOPPING_ROUNDS = 50
 LEARNING_RATE = 0.05
 MIN_DELTA = 1e-4
 """An improvement of the validation loss below this does not count (a tiny, separable validation split would
-else never stop)."""
+else never stop); for a regression, below this share of the target's variance (``min_delta``: the l2 loss is in
+the target's squared unit, so a fixed figure stops a small-valued target at once and never stops a large one)."""
+
+
+def min_delta(task: str, labels: npt.NDArray[Any]) -> float:
+    if task == "classification":
+        return MIN_DELTA
+    return MIN_DELTA * (float(np.var(labels)) or 1.0)
+
+
 OPSET = 15
 
 
-def column_layout(schema: Schema) -> list[dict[str, Any]]:
-    """The manifest's ``columns`` for a model tabserve fits."""
+def column_layout(schema: Schema, ordinal: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """The manifest's ``columns`` for a model tabserve fits (categories named in ``ordinal`` as one ordinal column
+    whatever their count, so that their absence is one code a graph can test)."""
     columns: list[dict[str, Any]] = []
     for feature in schema.features:
         if feature.kind == "number":
             columns.append({"kind": "numeric", "input": feature.name})
-        elif len(feature.categories) <= ONE_HOT_MAX:
+        elif len(feature.categories) <= ONE_HOT_MAX and feature.name not in ordinal:
             columns += [
                 {"kind": "indicator", "input": feature.name, "value": value, "missing": 0.0}
                 for value in feature.categories
@@ -68,7 +78,7 @@ class Fitted:
     temperature is fitted on instead of the small validation split."""
 
 
-def _params(rows: int, task: str, classes: int, seed: int) -> dict[str, Any]:
+def lightgbm_params(rows: int, task: str, classes: int, seed: int) -> dict[str, Any]:
     params: dict[str, Any] = {
         "n_estimators": MAX_ROUNDS if rows < LARGE_ROWS else MAX_ROUNDS // 2,
         "learning_rate": LEARNING_RATE if rows < LARGE_ROWS else 2 * LEARNING_RATE,
@@ -102,7 +112,7 @@ def fit_lightgbm(
     val_rows = augmented(validation, schema.pattern_inputs, seed + 1)
     x_fit: npt.NDArray[np.float32] = encode(fit_rows)
     x_val: npt.NDArray[np.float32] = encode(val_rows)
-    params = _params(fit_rows.rows, schema.task, len(schema.classes), seed)
+    params = lightgbm_params(fit_rows.rows, schema.task, len(schema.classes), seed)
     patience = EARLY_STOPPING_ROUNDS if fit_rows.rows < LARGE_ROWS else EARLY_STOPPING_ROUNDS // 2
     model: Any = lgb.LGBMClassifier(**params) if schema.task == "classification" else lgb.LGBMRegressor(**params)
     model.fit(
@@ -110,7 +120,7 @@ def fit_lightgbm(
         fit_rows.labels,
         eval_X=(x_val,),
         eval_y=(val_rows.labels,),
-        callbacks=[lgb.early_stopping(patience, verbose=False, min_delta=MIN_DELTA)],
+        callbacks=[lgb.early_stopping(patience, verbose=False, min_delta=min_delta(schema.task, fit_rows.labels))],
     )
     rounds = int(model.best_iteration_ or params["n_estimators"])
     return Fitted(model, rounds, {k: v for k, v in params.items() if k not in ("n_jobs", "verbose")})

@@ -35,8 +35,11 @@ from tabserve.training.build.fit import (
     reference_outputs,
 )
 from tabserve.training.build.infer import Schema
+from tabserve.training.build.per_pattern import details as per_pattern_details
+from tabserve.training.build.per_pattern import export_per_pattern, fit_per_pattern
 from tabserve.training.build.pickled import convert_in_child
-from tabserve.training.build.table import Rows, Splits
+from tabserve.training.build.spec import BuildSpec
+from tabserve.training.build.table import Rows, Splits, every_pattern
 
 OWN_CHECK_ROWS = 20_000
 CODE_UNKNOWN = -1.0
@@ -59,10 +62,31 @@ class Servable:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def train_for_me(schema: Schema, splits: Splits, rows: Rows, seed: int, estimator: str, encode_with: Any) -> Servable:
-    """Fit here (``estimator`` "lightgbm" or "linear"); the reference is the fitted estimator's output on up to
-    ``OWN_CHECK_ROWS`` rows (a seeded sample: the conversion is exact by construction, this confirms it)."""
-    columns = column_layout(schema)
+def _check_per_pattern(schema: Schema, spec: BuildSpec, rows: Rows) -> None:
+    if schema.task != "regression":
+        raise BuildError(f"estimator per_pattern fits regression only; {schema.target!r} is a {schema.task} target")
+    numbers = {f.name for f in schema.features if f.kind == "number"}
+    wrong = [name for name in spec.proportional_to if name not in numbers]
+    if wrong:
+        raise BuildError(
+            f"spec proportional_to names {wrong}, which are not numeric inputs (numeric: {sorted(numbers)})"
+        )
+    negative = np.flatnonzero(rows.labels <= 0.0)
+    if spec.proportional_to and negative.size:
+        raise BuildError(
+            f"spec proportional_to models the log of {schema.target!r} and needs a positive target; row "
+            f"{int(rows.file_rows[negative[0]])} has {float(rows.labels[negative[0]]):g}"
+        )
+
+
+def train_for_me(schema: Schema, splits: Splits, rows: Rows, seed: int, spec: BuildSpec, encode_with: Any) -> Servable:
+    """Fit here (the spec's estimator: "lightgbm", "linear" or "per_pattern"); the reference is the fitted
+    estimator's output on up to ``OWN_CHECK_ROWS`` rows (a seeded sample: the conversion is exact by construction,
+    this confirms it)."""
+    estimator = spec.estimator
+    if estimator == "per_pattern":
+        _check_per_pattern(schema, spec, rows)
+    columns = column_layout(schema, frozenset(schema.pattern_inputs) if estimator == "per_pattern" else frozenset())
     encode = encode_with(columns)
     if rows.rows > OWN_CHECK_ROWS:
         sample = np.sort(np.random.default_rng(seed).choice(rows.rows, OWN_CHECK_ROWS, replace=False))
@@ -70,6 +94,27 @@ def train_for_me(schema: Schema, splits: Splits, rows: Rows, seed: int, estimato
     else:
         checked = rows
     details: dict[str, Any]
+    if estimator == "per_pattern":
+        # every pattern's submodel and the graph's dispatch are checked: the sample once per pattern
+        width = 2 ** len(schema.pattern_inputs)
+        checked = every_pattern(
+            checked.take(np.arange(min(checked.rows, OWN_CHECK_ROWS // width))), schema.pattern_inputs
+        )
+        per_pattern = fit_per_pattern(
+            schema, encode, columns, spec.proportional_to, splits.train, splits.validation, seed
+        )
+        return Servable(
+            model=export_per_pattern(per_pattern, len(columns)),
+            input_name="X",
+            columns=columns,
+            features=[f.name for f in schema.features],
+            form="train",
+            estimator=f"LightGBM per missing-input pattern ({len(per_pattern.models)} LGBMRegressor)"
+            + (f", proportional to {', '.join(spec.proportional_to)}" if spec.proportional_to else ""),
+            reference=per_pattern.predict(encode(checked)),
+            checked=checked,
+            details=per_pattern_details(per_pattern, spec.proportional_to),
+        )
     if estimator == "linear":
         fitted = fit_linear(schema, encode, splits.train, seed)
         model, input_name, _ = export_linear(fitted, len(columns), schema.task)

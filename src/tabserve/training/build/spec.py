@@ -9,7 +9,10 @@ time_column = "sold_on"          # every split temporal
 drop = ["listing_url"]           # columns that are not inputs
 optional = ["garage"]            # inputs a request may omit (conformal patterns first), beyond those with gaps
 required = ["living_area"]       # inputs a request must give: rows of the file without them are left out
-estimator = "lightgbm"           # train-for-me: "lightgbm" (default) or "linear" (scaled ridge / logistic)
+estimator = "lightgbm"           # train-for-me: "lightgbm" (default), "linear" (scaled ridge / logistic) or
+                                 # "per_pattern" (one LightGBM per missing-input pattern)
+proportional_to = ["fuel_l"]     # per_pattern regression: the target is modelled as a ratio to a weighted sum of
+                                 # these numbers (those a request gives), e.g. CO2 to fuel burnt
 score = "absolute"               # regression intervals: "absolute" (± q) or "relative" (× (1 ± q))
 output_unit = "EUR"
 output_description = "Sale price"
@@ -50,11 +53,12 @@ _MODEL_KEYS = frozenset(
         "required",
         "score",
         "estimator",
+        "proportional_to",
         "output_unit",
         "output_description",
     }
 )
-ESTIMATORS = ("lightgbm", "linear")
+ESTIMATORS = ("lightgbm", "linear", "per_pattern")
 _COLUMN_KEYS = frozenset({"unit", "data_unit", "description", "min", "max", "type", "aliases"})
 _SPLIT_KEYS = frozenset({"calibration", "test"})
 DEFAULT_CALIBRATION_SHARE = 0.2
@@ -85,6 +89,7 @@ class BuildSpec:
     required: tuple[str, ...] = ()
     score: str = "absolute"
     estimator: str = "lightgbm"
+    proportional_to: tuple[str, ...] = ()
     output_unit: str = ""
     output_description: str | None = None
     columns: dict[str, ColumnSpec] = field(default_factory=dict)
@@ -188,6 +193,9 @@ def parse_spec(text: str, source: str = "spec") -> BuildSpec:
     estimator = model.get("estimator", "lightgbm")
     if estimator not in ESTIMATORS:
         raise BuildError(f"{source}: [model] estimator must be one of {', '.join(ESTIMATORS)}, not {estimator!r}")
+    proportional_to = _strings(model.get("proportional_to", []), "[model] proportional_to")
+    if proportional_to and (estimator != "per_pattern" or task == "classification"):
+        raise BuildError(f'{source}: [model] proportional_to needs estimator = "per_pattern" and a regression task')
     columns = raw.get("columns", {})
     if not isinstance(columns, dict):
         raise BuildError(f"{source}: [columns] must hold one table per column")
@@ -202,6 +210,7 @@ def parse_spec(text: str, source: str = "spec") -> BuildSpec:
         required=_strings(model.get("required", []), "[model] required"),
         score=score,
         estimator=estimator,
+        proportional_to=proportional_to,
         output_unit=str(model.get("output_unit", "")),
         output_description=model.get("output_description"),
         columns={name: _column(name, value) for name, value in columns.items()},
