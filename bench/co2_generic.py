@@ -32,6 +32,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="co2-generic-"))
+    out.mkdir(parents=True, exist_ok=True)
     frame = load(args.data).frame
     table = out / "co2.csv"
     frame[frame["source"] == "nrcan"][[*COLUMNS, *CONSUMPTION, TARGET]].to_csv(table, index=False)

@@ -3,7 +3,6 @@ in one ONNX graph that dispatches each row to its pattern's trees."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from specbuild import build_with_spec
 from tabserve.artifacts import verify_model_dir
 from tabserve.cli import main
 from tabserve.features.validation import InstanceValidator
@@ -36,15 +36,9 @@ def _table(n: int = 3000, seed: int = 11) -> pd.DataFrame:
     return frame
 
 
-def _build(tmp_path: Path, name: str, model_lines: str, frame: pd.DataFrame | None = None) -> dict[str, Any]:
-    data = tmp_path / f"{name}.csv"
-    (_table() if frame is None else frame).to_csv(data, index=False)
-    spec = tmp_path / f"{name}.toml"
-    spec.write_text(f'[model]\ntarget = "y"\noptional = {OPTIONAL}\nscore = "relative"\n{model_lines}\n', "utf-8")
-    args = ["build", "--data", str(data), "--name", name, "--spec", str(spec), "--models-dir", str(tmp_path)]
-    assert main(args) == 0
-    manifest: dict[str, Any] = json.loads((tmp_path / name / "1.0.0" / "manifest.json").read_text("utf-8"))
-    return manifest
+def _build(tmp_path: Path, name: str, model_lines: str) -> dict[str, Any]:
+    spec = f'[model]\ntarget = "y"\noptional = {OPTIONAL}\nscore = "relative"\n{model_lines}'
+    return build_with_spec(tmp_path, name, _table(), spec)
 
 
 def test_proportional_submodels_beat_one_model_and_dispatch_every_row_to_its_pattern(tmp_path: Path) -> None:
@@ -98,6 +92,7 @@ def test_proportional_submodels_beat_one_model_and_dispatch_every_row_to_its_pat
         ),
         ('estimator = "per_pattern"\nproportional_to = ["usage"]', "negative", "needs a positive target"),
         ('estimator = "per_pattern"\ntask = "classification"', "classes", "per_pattern fits regression only"),
+        ('estimator = "per_pattern"\n[columns.region]\ntype = "text"', None, "['region'] are text (no absent code)"),
     ],
 )
 def test_per_pattern_refusals_name_the_problem(

@@ -208,6 +208,12 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
     shares = (spec.calibration_share, spec.test_share)
     early_stopping = not (args.model or args.onnx) and spec.estimator in ("lightgbm", "per_pattern")
     splits = split(frame, rows, schema, seed, shares, validation=early_stopping)
+    text = [f.name for f in schema.features if f.kind == "text"]
+    if text and (args.model or args.onnx):
+        raise BuildError(
+            f'spec type = "text" ({", ".join(text)}) makes token features for a model fitted here; a given model '
+            "reads its text columns as they are: leave the type out"
+        )
     kinds = ", ".join(f"{f.name}:{f.kind[:3]}" for f in schema.features[:12]) + (
         " …" if len(schema.features) > 12 else ""
     )

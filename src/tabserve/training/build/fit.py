@@ -7,6 +7,7 @@ augmented with copies missing the pattern inputs, so the model has seen every ab
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,13 +43,21 @@ def min_delta(task: str, labels: npt.NDArray[Any]) -> float:
 OPSET = 15
 
 
-def column_layout(schema: Schema, ordinal: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+def column_layout(
+    schema: Schema,
+    ordinal: frozenset[str] = frozenset(),
+    tokens: Mapping[str, Mapping[str, list[str]]] | None = None,
+) -> list[dict[str, Any]]:
     """The manifest's ``columns`` for a model tabserve fits (categories named in ``ordinal`` as one ordinal column
-    whatever their count, so that their absence is one code a graph can test)."""
+    whatever their count, so that their absence is one code a graph can test; a text column as the token columns
+    ``tokens[name]`` chose)."""
     columns: list[dict[str, Any]] = []
     for feature in schema.features:
         if feature.kind == "number":
             columns.append({"kind": "numeric", "input": feature.name})
+        elif feature.kind == "text":
+            chosen = (tokens or {}).get(feature.name, {})
+            columns += [{"kind": "token", "input": feature.name, "tokens": words} for words in chosen.values()]
         elif len(feature.categories) <= ONE_HOT_MAX and feature.name not in ordinal:
             columns += [
                 {"kind": "indicator", "input": feature.name, "value": value, "missing": 0.0}

@@ -46,7 +46,7 @@ IDENTIFIER_MIN_ROWS = 20
 class Feature:
     name: str
     kind: str
-    """``number`` or ``category``."""
+    """``number``, ``category`` or ``text`` (free text, read for its words: spec ``type = "text"``)."""
     missing: int
     integer: bool = False
     categories: list[str] = field(default_factory=list)
@@ -217,6 +217,9 @@ def _feature(
         warnings.append(f"column {name!r} has no values: dropped")
         return None
     forced = spec.column(name).kind
+    if forced == "text":
+        blank = int(series.dropna().map(lambda v: not str(v).strip()).sum())
+        return Feature(name, "text", missing + blank)
     if forced is None and _is_text(series):
         numeric = _numeric_or_mixed(name, series)
         if numeric is not None:
@@ -322,7 +325,7 @@ def infer_schema(
     dropped: dict[str, str] = dict.fromkeys(spec.drop, "dropped by the spec")
     features: list[Feature] = []
     for name in frame.columns:
-        if name in (target, time_column) or name in spec.drop:
+        if name == target or name in spec.drop or (name == time_column and not spec.time_input):
             continue
         feature = _feature(frame, name, spec, warnings, dropped)
         if feature is None:

@@ -40,6 +40,7 @@ from tabserve.training.build.per_pattern import export_per_pattern, fit_per_patt
 from tabserve.training.build.pickled import convert_in_child
 from tabserve.training.build.spec import BuildSpec
 from tabserve.training.build.table import Rows, Splits, every_pattern
+from tabserve.training.build.tokens import choose_tokens
 
 OWN_CHECK_ROWS = 20_000
 CODE_UNKNOWN = -1.0
@@ -71,6 +72,12 @@ def _check_per_pattern(schema: Schema, spec: BuildSpec, rows: Rows) -> None:
         raise BuildError(
             f"spec proportional_to names {wrong}, which are not numeric inputs (numeric: {sorted(numbers)})"
         )
+    text = [f.name for f in schema.features if f.kind == "text" and f.name in schema.pattern_inputs]
+    if text:
+        raise BuildError(
+            f"estimator per_pattern reads a row's pattern from its absent inputs, but {text} are text "
+            "(no absent code): make them required or not optional"
+        )
     negative = np.flatnonzero(rows.labels <= 0.0)
     if spec.proportional_to and negative.size:
         raise BuildError(
@@ -86,7 +93,13 @@ def train_for_me(schema: Schema, splits: Splits, rows: Rows, seed: int, spec: Bu
     estimator = spec.estimator
     if estimator == "per_pattern":
         _check_per_pattern(schema, spec, rows)
-    columns = column_layout(schema, frozenset(schema.pattern_inputs) if estimator == "per_pattern" else frozenset())
+    tokens = {
+        f.name: choose_tokens(splits.train.columns[f.name], splits.train.labels, schema.task, spec.column(f.name))
+        for f in schema.features
+        if f.kind == "text"
+    }
+    ordinal = frozenset(schema.pattern_inputs) if estimator == "per_pattern" else frozenset()
+    columns = column_layout(schema, ordinal, tokens)
     encode = encode_with(columns)
     if rows.rows > OWN_CHECK_ROWS:
         sample = np.sort(np.random.default_rng(seed).choice(rows.rows, OWN_CHECK_ROWS, replace=False))

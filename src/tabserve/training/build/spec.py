@@ -6,6 +6,7 @@ description = "House prices in ..."
 target = "price"                 # the CLI's --target wins
 task = "regression"              # or "classification"; default inferred
 time_column = "sold_on"          # every split temporal
+time_input = false               # true: the time column is also an input (a model year, not a timestamp)
 drop = ["listing_url"]           # columns that are not inputs
 optional = ["garage"]            # inputs a request may omit (conformal patterns first), beyond those with gaps
 required = ["living_area"]       # inputs a request must give: rows of the file without them are left out
@@ -23,8 +24,10 @@ data_unit = "cm"                 # the unit of the values in the file: converted
 description = "Living area"
 min = 5.0                        # hard (plausible) range; outside is refused at serve time
 max = 2000.0
-type = "category"                # force a kind: "number" or "category"
+type = "category"                # force a kind: "number", "category" or "text" (free text read for its words)
 aliases = { "N" = "NORTH" }      # alternative spellings of a category
+tokens = 30                      # text: how many words to choose (the most telling of the target in training)
+token_groups = { awd = ["AWD", "4WD", "4X4"] }  # text: words that count as one feature
 
 [split]
 calibration = 0.2                # share of the rows held out for the conformal tables (default 0.2)
@@ -48,6 +51,7 @@ _MODEL_KEYS = frozenset(
         "target",
         "task",
         "time_column",
+        "time_input",
         "drop",
         "optional",
         "required",
@@ -59,7 +63,11 @@ _MODEL_KEYS = frozenset(
     }
 )
 ESTIMATORS = ("lightgbm", "linear", "per_pattern")
-_COLUMN_KEYS = frozenset({"unit", "data_unit", "description", "min", "max", "type", "aliases"})
+_COLUMN_KEYS = frozenset(
+    {"unit", "data_unit", "description", "min", "max", "type", "aliases", "tokens", "token_groups"}
+)
+DEFAULT_TOKENS = 30
+MAX_TOKENS = 500
 _SPLIT_KEYS = frozenset({"calibration", "test"})
 DEFAULT_CALIBRATION_SHARE = 0.2
 DEFAULT_TEST_SHARE = 0.2
@@ -76,6 +84,8 @@ class ColumnSpec:
     maximum: float | None = None
     kind: str | None = None
     aliases: dict[str, str] = field(default_factory=dict)
+    tokens: int = DEFAULT_TOKENS
+    token_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +94,7 @@ class BuildSpec:
     target: str | None = None
     task: str | None = None
     time_column: str | None = None
+    time_input: bool = False
     drop: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
     required: tuple[str, ...] = ()
@@ -114,6 +125,29 @@ def _number(value: Any, where: str) -> float | None:
     return float(value)
 
 
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise BuildError(f"spec: {where} must be true or false")
+    return value
+
+
+def _tokens(name: str, raw: dict[str, Any], kind: Any) -> tuple[int, dict[str, tuple[str, ...]]]:
+    if kind != "text":
+        given = sorted({"tokens", "token_groups"} & set(raw))
+        if given:
+            raise BuildError(f'spec: [columns.{name}] {given[0]} needs type = "text"')
+        return DEFAULT_TOKENS, {}
+    count = raw.get("tokens", DEFAULT_TOKENS)
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_TOKENS:
+        raise BuildError(f"spec: [columns.{name}] tokens must be a whole number of words from 0 to {MAX_TOKENS}")
+    groups = raw.get("token_groups", {})
+    if not isinstance(groups, dict) or not all(
+        isinstance(v, list) and v and all(isinstance(w, str) and w.strip() for w in v) for v in groups.values()
+    ):
+        raise BuildError(f"spec: [columns.{name}] token_groups must map a name to a list of words")
+    return count, {str(k): tuple(w.strip().upper() for w in v) for k, v in groups.items()}
+
+
 def _column(name: str, raw: Any) -> ColumnSpec:
     if not isinstance(raw, dict):
         raise BuildError(f"spec: [columns.{name}] must be a table")
@@ -133,8 +167,9 @@ def _column(name: str, raw: Any) -> ColumnSpec:
                 f"(one of {', '.join(family.units)})"
             )
     kind = raw.get("type")
-    if kind not in (None, "number", "category"):
-        raise BuildError(f"spec: [columns.{name}] type must be 'number' or 'category', not {kind!r}")
+    if kind not in (None, "number", "category", "text"):
+        raise BuildError(f"spec: [columns.{name}] type must be 'number', 'category' or 'text', not {kind!r}")
+    tokens, groups = _tokens(name, raw, kind)
     aliases = raw.get("aliases", {})
     if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
         raise BuildError(f"spec: [columns.{name}] aliases must map strings to strings")
@@ -149,6 +184,8 @@ def _column(name: str, raw: Any) -> ColumnSpec:
         maximum=high,
         kind=kind,
         aliases=dict(aliases),
+        tokens=tokens,
+        token_groups=groups,
     )
 
 
@@ -205,6 +242,7 @@ def parse_spec(text: str, source: str = "spec") -> BuildSpec:
         target=model.get("target"),
         task=task,
         time_column=model.get("time_column"),
+        time_input=_flag(model.get("time_input", False), "[model] time_input"),
         drop=_strings(model.get("drop", []), "[model] drop"),
         optional=_strings(model.get("optional", []), "[model] optional"),
         required=_strings(model.get("required", []), "[model] required"),

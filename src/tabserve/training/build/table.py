@@ -88,6 +88,17 @@ def _category_column(series: pd.Series, aliases: dict[str, str]) -> list[str | N
     return out
 
 
+def _text_column(series: pd.Series) -> list[str | None]:
+    """Free text as a request sends it (the token columns read its words, upper-cased): blank is absent."""
+    out: list[str | None] = []
+    for value in series.tolist():
+        text = (
+            None if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)) else str(value)
+        )
+        out.append(text if text is not None and text.strip() else None)
+    return out
+
+
 def normalise(frame: pd.DataFrame, schema: Schema, spec: BuildSpec) -> Rows:
     """The frame's feature columns in serving form, and its labels."""
     columns: Columns = {}
@@ -95,6 +106,8 @@ def normalise(frame: pd.DataFrame, schema: Schema, spec: BuildSpec) -> Rows:
         column = spec.column(feature.name)
         if feature.kind == "number":
             columns[feature.name] = _number_column(frame[feature.name], column.data_unit, column.unit)
+        elif feature.kind == "text":
+            columns[feature.name] = _text_column(frame[feature.name])
         else:
             columns[feature.name] = _category_column(frame[feature.name], column.aliases)
     target = frame[schema.target]

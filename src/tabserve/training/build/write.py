@@ -22,8 +22,11 @@ from tabserve.manifest import Manifest
 from tabserve.training.build.infer import Feature, Schema
 from tabserve.training.build.spec import BuildSpec
 from tabserve.training.build.table import Rows
+from tabserve.training.build.tokens import first_words
 from tabserve.training.describe import category_shares, numeric_histogram, training_range
 
+TEXT_MAX_LENGTH = 200
+"""A text input's longest accepted value: this, or the training data's longest if longer."""
 PLAUSIBLE_MARGIN = 1.0
 """The inferred hard range is the data's range widened by this many spans on each side (not below 0 for a
 column that is never negative)."""
@@ -114,6 +117,15 @@ def _input(feature: Feature, rows: Rows, train: Rows, spec: BuildSpec, optional:
     column = spec.column(feature.name)
     required = feature.name not in optional
     description = column.description or f"{feature.name} (from the training data)"
+    if feature.kind == "text":
+        longest = max((len(v) for v in rows.columns[feature.name] if v is not None), default=0)
+        return {
+            "name": feature.name,
+            "type": "text",
+            "description": description,
+            "required": required,
+            "max_length": max(TEXT_MAX_LENGTH, longest),
+        }
     if feature.kind == "category":
         known = set(feature.categories)
         pairs = ((normalise_key(a), normalise_key(c)) for a, c in column.aliases.items())
@@ -147,7 +159,7 @@ def input_specs(schema: Schema, rows: Rows, train: Rows, spec: BuildSpec, option
 
 
 def reference_histograms(schema: Schema, train: Rows) -> dict[str, Any]:
-    """Drift reference from the training split: quantile-binned numbers, category shares."""
+    """Drift reference from the training split: quantile-binned numbers, category shares, a text's first words."""
     out: dict[str, Any] = {}
     for feature in schema.features:
         values = train.columns[feature.name]
@@ -155,6 +167,8 @@ def reference_histograms(schema: Schema, train: Rows) -> dict[str, Any]:
             present = [v for v in values if v is not None]
             if present:
                 out[feature.name] = numeric_histogram(present)
+        elif feature.kind == "text":  # not monitored for drift (thousands of values), shown on the card
+            out[feature.name] = category_shares(first_words(values))
         else:
             out[feature.name] = category_shares(values)
     return out
