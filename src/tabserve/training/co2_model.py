@@ -29,10 +29,8 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from onnxmltools import convert_lightgbm
-from onnxmltools.convert.common.data_types import FloatTensorType
 
-from tabserve.training.build.embed import embedded
+from tabserve.training.build.embed import converted_lightgbm, embedded, sealed
 from tabserve.training.co2_data import CITY, COMB, FUEL_CODES, HWY
 
 F32 = np.float32
@@ -216,12 +214,7 @@ def _trees(
     model: lgb.Booster, width: int, prefix: str, input_name: str
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
     """The converted ensemble's nodes and initializers, renamed with ``prefix``, reading ``input_name``."""
-    converted = convert_lightgbm(
-        model, initial_types=[("X", FloatTensorType([None, width]))], target_opset=OPSET, zipmap=False
-    )
-    ml = {o.domain: o.version for o in converted.opset_import}.get("ai.onnx.ml")
-    if ml is not None and ml > ML_OPSET:
-        raise ValueError(f"converter emitted ai.onnx.ml opset {ml}, above {ML_OPSET}")
+    converted = converted_lightgbm(model, width, OPSET, ML_OPSET)
     return embedded(converted.graph, prefix, input_name)
 
 
@@ -332,11 +325,4 @@ def to_onnx(estimator: Co2Estimator, width: int) -> onnx.ModelProto:
         [_column(OUTPUT_NAME)],
         initializer=[*inits, *spec_init, *res_init],
     )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
-        producer_name="tabserve.training.co2",
-    )
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return sealed(graph, OPSET, ML_OPSET, "tabserve.training.co2")

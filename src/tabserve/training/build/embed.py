@@ -1,8 +1,40 @@
-"""A converted graph's nodes and initializers renamed with a prefix, to be placed inside a bigger graph."""
+"""Composed graphs: a converted LightGBM ensemble's nodes renamed to sit inside a bigger graph, and that graph
+sealed as a checked model (the per-pattern graph and co2's both are built so)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import onnx
+from onnx import helper
+
+from tabserve.errors import BuildError
+
+
+def converted_lightgbm(booster: Any, width: int, opset: int, ml_opset: int) -> onnx.ModelProto:
+    """The booster as onnxmltools converts it (input ``X`` [n, width] float32), refused above ``ml_opset``."""
+    from onnxmltools import convert_lightgbm
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    converted: onnx.ModelProto = convert_lightgbm(
+        booster, initial_types=[("X", FloatTensorType([None, width]))], target_opset=opset, zipmap=False
+    )
+    ml = {o.domain: o.version for o in converted.opset_import}.get("ai.onnx.ml")
+    if ml is not None and ml > ml_opset:
+        raise BuildError(f"the LightGBM converter emitted ai.onnx.ml opset {ml}, above {ml_opset}")
+    return converted
+
+
+def sealed(graph: onnx.GraphProto, opset: int, ml_opset: int, producer: str) -> onnx.ModelProto:
+    """``graph`` as a model importing the default and ``ai.onnx.ml`` opsets, IR 8, fully checked."""
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("ai.onnx.ml", ml_opset)],
+        producer_name=producer,
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
 
 
 def embedded(

@@ -26,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tabserve.errors import BuildError
 from tabserve.training.build.convert import lightgbm_thresholds, round_thresholds_down
-from tabserve.training.build.embed import embedded
+from tabserve.training.build.embed import converted_lightgbm, embedded, sealed
 from tabserve.training.build.fit import EARLY_STOPPING_ROUNDS, LARGE_ROWS, OPSET, lightgbm_params, min_delta
 from tabserve.training.build.infer import Schema
 from tabserve.training.build.table import Rows, masked, pattern_keys
@@ -77,10 +77,10 @@ class PerPattern:
         if not self.proportional:
             return np.ones(x.shape[0], dtype=np.float32)
         filled = np.nan_to_num(x[:, self.proportional], nan=0.0).astype(np.float32)
-        table = self._base_table()
+        table = self.base_table()
         return np.take_along_axis(filled @ table[0] + table[1], self.codes(x)[:, None], axis=1)[:, 0]
 
-    def _base_table(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    def base_table(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         weights = np.array([m.weights for m in self.models], dtype=np.float32).T  # [proportional, patterns]
         bias = np.array([[0.0 if any(m.weights) else 1.0 for m in self.models]], dtype=np.float32)
         return weights, bias
@@ -189,9 +189,6 @@ def _const(name: str, values: Any, dtype: Any) -> onnx.TensorProto:
 
 def export_per_pattern(fitted: PerPattern, width: int) -> onnx.ModelProto:
     """One graph: input ``X`` [n, width] float32, output ``prediction`` [n, 1]."""
-    from onnxmltools import convert_lightgbm
-    from onnxmltools.convert.common.data_types import FloatTensorType
-
     mk = helper.make_node
     k = len(fitted.presence)
     nodes: list[onnx.NodeProto] = [mk("Shape", ["X"], ["x_shape"]), mk("Gather", ["x_shape", "zero_i"], ["n_rows"])]
@@ -226,13 +223,8 @@ def export_per_pattern(fitted: PerPattern, width: int) -> onnx.ModelProto:
     raw = "raw_0"
     nodes.append(mk("ConstantOfShape", ["column_shape"], [raw], value=helper.make_tensor("z", 1, [1], [0.0])))
     for index, model in enumerate(fitted.models):
-        converted = convert_lightgbm(
-            model.booster, initial_types=[("X", FloatTensorType([None, width]))], target_opset=OPSET, zipmap=False
-        )
+        converted = converted_lightgbm(model.booster, width, OPSET, ML_OPSET)
         round_thresholds_down(converted, lightgbm_thresholds(model.booster))
-        ml = {o.domain: o.version for o in converted.opset_import}.get("ai.onnx.ml")
-        if ml is not None and ml > ML_OPSET:
-            raise BuildError(f"the LightGBM converter emitted ai.onnx.ml opset {ml}, above {ML_OPSET}")
         prefix = f"m{index}_"
         tree_nodes, tree_inits, tree_out = embedded(converted.graph, prefix, f"{prefix}x")
         inits += [*tree_inits, _const(f"{prefix}id", [[index]], np.int64)]
@@ -250,7 +242,7 @@ def export_per_pattern(fitted: PerPattern, width: int) -> onnx.ModelProto:
         raw = f"raw_{index + 1}"
     inits.append(_const("column_shape_any", [-1, 1], np.int64))
     if fitted.log_link:
-        weights, bias = fitted._base_table()
+        weights, bias = fitted.base_table()
         inits += [_const("base_weights", weights, np.float32), _const("base_bias", bias, np.float32)]
         inits += [_const("prop_index", fitted.proportional, np.int64)]
         nodes += [
@@ -272,14 +264,7 @@ def export_per_pattern(fitted: PerPattern, width: int) -> onnx.ModelProto:
         [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [None, 1])],
         initializer=inits,
     )
-    out = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
-        producer_name="tabserve.build.per_pattern",
-    )
-    out.ir_version = 8
-    onnx.checker.check_model(out, full_check=True)
-    return out
+    return sealed(graph, OPSET, ML_OPSET, "tabserve.build.per_pattern")
 
 
 def details(fitted: PerPattern, proportional_to: Sequence[str]) -> dict[str, Any]:
