@@ -4,10 +4,11 @@
 
 Writes the canonical NRCan table (``training.co2_data.load``: the three published files, sha256-checked, spellings
 canonical, duplicates dropped) as one CSV, builds it with ``bench/co2_generic.toml`` (``estimator = "per_pattern"``,
-proportional to the fuel figures, model year as the time column: fit ≤ 2020, calibrate on 2021, test on 2022), and
-prints its test MAE and 90 % coverage per fuel-figure pattern beside the shipped co2 version's on 2022 (its
-calibration sibling's, fitted on ≤ 2021: ``metrics.temporal``). The model name (text) is dropped: the generic build
-has no token features yet. Figures are reported in docs/own-model.md; nothing here is committed as a result.
+proportional to the fuel figures, the model name as text, model year as the time column, ``[split] refit``: the
+served model fitted on every year, the tested sibling on ≤ 2021, calibrated on 2021 by a sibling fitted on ≤ 2020),
+and prints its 2022 MAE and 90 % coverage per fuel-figure pattern beside the shipped co2 version's on the same rows,
+which follows the same rule (``metrics.temporal``, ``metrics.coverage_temporal_test``). Figures are reported in
+docs/own-model.md; nothing here is committed as a result.
 """
 
 from __future__ import annotations

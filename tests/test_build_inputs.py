@@ -213,7 +213,7 @@ def test_cli_parser_imports_nothing_of_the_build() -> None:
 
 
 def test_parity_failure_names_the_rows() -> None:
-    from tabserve.training.build.command import _parity
+    from tabserve.training.build.graph import check_parity as _parity
     from tabserve.training.build.table import Rows
 
     rows = Rows({"x": [1.0, 2.0, 3.0, 4.0]}, np.array([10.0, 20.0, 30.0, 40.0]), np.array([5, 6, 7, 8]))

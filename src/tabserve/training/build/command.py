@@ -12,34 +12,23 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-import numpy.typing as npt
 import onnx
-import onnxruntime as ort
-from pydantic import TypeAdapter
 
 from tabserve.artifacts import verify_model_dir
 from tabserve.errors import BuildError
-from tabserve.manifest import ColumnSpec
-from tabserve.runtime import ColumnEncoder
-from tabserve.training.build.calibrate import (
-    ECE_BINS,
-    class_shift,
-    conformal_tables,
-    fit_temperature,
-    pattern_names,
-    test_metrics,
-)
+from tabserve.training.build.calibrate import ECE_BINS, class_shift, pattern_names
 from tabserve.training.build.card import write_build_card
-from tabserve.training.build.convert import choose_output, default_opset, keep_output, with_temperature
+from tabserve.training.build.convert import default_opset
+from tabserve.training.build.graph import encode_with, ready
 from tabserve.training.build.infer import Schema, infer_schema
 from tabserve.training.build.read import read_tables
+from tabserve.training.build.refit import Refitted, calibrate, refit, refit_report
 from tabserve.training.build.sources import Servable, from_onnx, from_pickle, onnx_classes, train_for_me
 from tabserve.training.build.spec import BuildSpec, read_spec
 from tabserve.training.build.table import Rows, normalise, split
@@ -56,11 +45,6 @@ from tabserve.training.describe import data_file_entry, library_versions
 from tabserve.training.options import DEFAULT_SEED
 
 ONNX_FILE = "model.onnx"
-REGRESSION_RTOL = 1e-4
-REGRESSION_ATOL_SHARE = 1e-4
-"""Parity of a converted regressor: |onnx − original| ≤ 1e-4·|original| + 1e-4·(target's standard deviation)."""
-PROBABILITY_ATOL = 1e-4
-"""Parity of a converted classifier: every probability within 1e-4 of the original's."""
 STAGES = ("read", "infer", "train", "convert", "calibrate", "card")
 
 
@@ -96,31 +80,6 @@ class BuildResult:
     stages: dict[str, float]
 
 
-def _encoder(columns: list[dict[str, Any]]) -> ColumnEncoder:
-    return ColumnEncoder(TypeAdapter(list[ColumnSpec]).validate_python(columns))
-
-
-def _encode_with(columns: list[dict[str, Any]]) -> Callable[[Rows], npt.NDArray[np.float32]]:
-    encoder = _encoder(columns)
-    return lambda rows: encoder.encode_columns(rows.columns, rows.rows)
-
-
-def _predictor(model: onnx.ModelProto, servable: Servable, output: str, task: str) -> Callable[[Rows], Any]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
-    encode = _encode_with(servable.columns)
-
-    def predict(rows: Rows) -> npt.NDArray[np.float64]:
-        if rows.rows == 0:
-            return np.empty((0,) if task == "regression" else (0, 0))
-        out = np.asarray(session.run([output], {servable.input_name: encode(rows)})[0], dtype=np.float64)
-        return out.reshape(-1) if task == "regression" else out
-
-    return predict
-
-
 def _restrict(schema: Schema, used: list[str]) -> Schema:
     """The schema of the inputs a given model actually reads."""
     unused = [f.name for f in schema.features if f.name not in used]
@@ -145,30 +104,6 @@ def _class_order(schema: Schema, servable: Servable, rows: Rows) -> tuple[list[s
         raise BuildError(f"the model's classes {graph} are not the target's classes {schema.classes}")
     mapping = np.array([graph.index(c) for c in schema.classes], dtype=np.int64)
     return graph, Rows(rows.columns, mapping[rows.labels], rows.file_rows)
-
-
-def _parity(
-    predict: Callable[[Rows], Any], rows: Rows, reference: npt.NDArray[np.float64], task: str
-) -> dict[str, Any]:
-    got = predict(rows)
-    if got.shape != reference.shape:
-        raise BuildError(f"the ONNX graph's output has shape {got.shape}, the original's {reference.shape}")
-    diff = np.abs(got - reference)
-    if task == "regression":
-        spread = float(np.std(rows.labels)) or 1.0
-        limit = REGRESSION_RTOL * np.abs(reference) + REGRESSION_ATOL_SHARE * spread
-        bad = np.flatnonzero(diff > limit)
-        tolerance = f"1e-4·|original| + 1e-4·std(target) (= {REGRESSION_ATOL_SHARE * spread:.3g})"
-    else:
-        bad = np.flatnonzero(diff.max(axis=1) > PROBABILITY_ATOL)
-        tolerance = f"{PROBABILITY_ATOL:g} per probability"
-    if bad.size:
-        shown = ", ".join(str(int(rows.file_rows[i])) for i in bad[:8])
-        raise BuildError(
-            f"the ONNX graph disagrees with the original model on {bad.size} of {rows.rows} rows beyond the tolerance "
-            f"{tolerance}: rows {shown}{' …' if bad.size > 8 else ''} (largest difference {float(diff.max()):.3g})"
-        )
-    return {"rows": rows.rows, "max_abs_difference": float(diff.max()) if diff.size else 0.0, "tolerance": tolerance}
 
 
 def _check_arguments(args: argparse.Namespace, spec: BuildSpec) -> None:
@@ -209,6 +144,10 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
     early_stopping = not (args.model or args.onnx) and spec.estimator in ("lightgbm", "per_pattern")
     splits = split(frame, rows, schema, seed, shares, validation=early_stopping)
     text = [f.name for f in schema.features if f.kind == "text"]
+    if spec.refit and (args.model or args.onnx or schema.time_column is None):
+        raise BuildError(
+            "[split] refit fits the served model again on every row: it needs a model fitted here and a time column"
+        )
     if text and (args.model or args.onnx):
         raise BuildError(
             f'spec type = "text" ({", ".join(text)}) makes token features for a model fitted here; a given model '
@@ -224,6 +163,7 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
     for warning in [*schema.warnings, *([shift] if shift else [])]:
         print(f"[build] warning: {warning}", file=stream)
 
+    refitted: Refitted | None = None
     if args.onnx:
         servable = from_onnx(Path(args.onnx), schema)
         progress.done("train", f"given ONNX model {Path(args.onnx).name}: not trained here")
@@ -231,32 +171,25 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
         servable = from_pickle(Path(args.model), schema, frame)
         progress.done("train", f"given fitted {servable.estimator}: not trained here (loaded in a child process)")
     else:
-        servable = train_for_me(schema, splits, rows, seed, spec, _encode_with)
+        servable = train_for_me(schema, splits, rows, seed, spec, encode_with)
         rounds = servable.details.get("rounds")
-        progress.done("train", servable.estimator + (f", {rounds} rounds (early stopping)" if rounds else ""))
+        refitted = refit(schema, splits, frame, rows, seed, spec, encode_with) if spec.refit else None
+        refits = "; refitted before the test period and on every row" if refitted else ""
+        progress.done("train", servable.estimator + (f", {rounds} rounds (early stopping)" if rounds else "") + refits)
     schema = _restrict(schema, servable.features)
 
     classes, rows = _class_order(schema, servable, rows) if schema.task == "classification" else ([], rows)
     if classes and classes != schema.classes:
         schema = replace(schema, classes=classes)
         splits = split(frame, rows, schema, seed, shares, validation=early_stopping)
-    output = choose_output(servable.model, schema.task, len(schema.classes))
-    model = keep_output(servable.model, output)
-    predict = _predictor(model, servable, output, schema.task)
-    parity = None
-    if servable.reference is not None:
-        parity = _parity(predict, servable.checked or rows, servable.reference, schema.task)
-    temperature = None
-    if schema.task == "classification":
-        fit_rows = splits.validation if servable.form == "train" else splits.train
-        out_of_fold = servable.details.pop("out_of_fold", None)
-        if out_of_fold is not None:  # a linear fit: out-of-fold probabilities on the training rows
-            temperature = fit_temperature(out_of_fold[0], out_of_fold[1])
-        else:
-            temperature = fit_temperature(predict(fit_rows), fit_rows.labels)
-        if temperature != 1.0:
-            model, output = with_temperature(model, output, temperature)
-            predict = _predictor(model, servable, output, schema.task)
+    first = ready(servable, schema, splits, rows)
+    tester = refitted.tester_graph.predict if refitted else None
+    if refitted:  # served: the model fitted on every row (the first one only calibrates the tester)
+        servable, graph, served_splits = refitted.served, refitted.served_graph, refitted.served_splits
+    else:
+        graph, served_splits = first, splits
+    model, output, parity, temperature = graph.model, graph.output, graph.parity, graph.temperature
+    fitted_rows = served_splits.train + served_splits.validation if servable.learned_validation else served_splits.train
     checked = (
         f"parity with the original on {parity['rows']} rows, max |Δ| {parity['max_abs_difference']:.2g}"
         if parity
@@ -266,12 +199,8 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
 
     names = pattern_names(schema.pattern_inputs)
     score = "lac" if schema.task == "classification" else spec.score
-    levels, quantiles, cal_rows = conformal_tables(
-        predict, splits.calibration, schema.pattern_inputs, schema.task, score
-    )
-    if not levels:
-        raise BuildError(f"the calibration split is too small for any confidence level: rows per pattern {cal_rows}")
-    tests = test_metrics(predict, splits.test, schema.pattern_inputs, schema.task, score, levels, quantiles, names)
+    calibrated = calibrate(first.predict, tester, splits, schema.pattern_inputs, schema.task, score, names)
+    levels, tests, quantiles = calibrated.levels, calibrated.tests, calibrated.quantiles
     full_key = "1" * len(schema.pattern_inputs) or "all"
     headline = tests[full_key]
     cover_key = "set_coverage" if schema.task == "classification" else "coverage"
@@ -287,6 +216,8 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
         "model": {"form": servable.form, "estimator": servable.estimator, **servable.details},
         "dropped_columns": schema.dropped,
     }
+    if refitted:
+        metrics["refit"] = refit_report(refitted, splits)
     if parity:
         metrics["parity"] = parity
     if temperature is not None:
@@ -312,7 +243,7 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
             + (f" and {servable.estimator}" if servable.form != "train" else ""),
             metrics=metrics,
             levels=levels,
-            test_output=predict(full_test),
+            test_output=calibrated.test_output,
             test=full_test,
             unit=spec.output_unit,
             notes=[]
@@ -338,7 +269,7 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
                 "description": description,
                 "training_data": [data_file_entry(f, n) for f, n in zip(files, file_rows, strict=True)],
                 "seed": seed,
-                "inputs": input_specs(schema, rows, splits.train, spec, optional),
+                "inputs": input_specs(schema, rows, fitted_rows, spec, optional),
                 "output": output_spec,
                 "columns": servable.columns,
                 "onnx": {
@@ -354,11 +285,11 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
                     "pattern_inputs": schema.pattern_inputs,
                     "pattern_names": names,
                     "quantiles": quantiles,
-                    "calibration_rows": cal_rows,
+                    "calibration_rows": calibrated.calibration_rows,
                 },
                 "example_request": example,
                 "metrics": metrics,
-                "reference_histograms": reference_histograms(schema, splits.train),
+                "reference_histograms": reference_histograms(schema, fitted_rows),
                 "library_versions": library_versions(),
             },
         )

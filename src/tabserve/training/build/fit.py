@@ -113,8 +113,11 @@ def fit_lightgbm(
     train: Rows,
     validation: Rows,
     seed: int,
+    learn_validation: bool = False,
 ) -> Fitted:
-    """Fit on augmented training rows; stop when the augmented validation rows stop improving."""
+    """Fit on augmented training rows; stop when the augmented validation rows stop improving. With
+    ``learn_validation`` (a regression on a temporal split, whose validation rows are the newest) it is then
+    refitted on training + validation rows with the rounds found."""
     import lightgbm as lgb
 
     fit_rows = augmented(train, schema.pattern_inputs, seed)
@@ -132,6 +135,9 @@ def fit_lightgbm(
         callbacks=[lgb.early_stopping(patience, verbose=False, min_delta=min_delta(schema.task, fit_rows.labels))],
     )
     rounds = int(model.best_iteration_ or params["n_estimators"])
+    if learn_validation:
+        model = lgb.LGBMRegressor(**{**params, "n_estimators": rounds})
+        model.fit(np.vstack([x_fit, x_val]), np.concatenate([fit_rows.labels, val_rows.labels]))
     return Fitted(model, rounds, {k: v for k, v in params.items() if k not in ("n_jobs", "verbose")})
 
 

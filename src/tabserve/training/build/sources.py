@@ -61,6 +61,8 @@ class Servable:
     """The original model's outputs on ``checked`` (every row when None), to check the graph against."""
     checked: Rows | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    learned_validation: bool = False
+    """Fitted on the validation rows too (refitted after early stopping): they count as training rows."""
 
 
 def _check_per_pattern(schema: Schema, spec: BuildSpec, rows: Rows) -> None:
@@ -127,7 +129,9 @@ def train_for_me(schema: Schema, splits: Splits, rows: Rows, seed: int, spec: Bu
             reference=per_pattern.predict(encode(checked)),
             checked=checked,
             details=per_pattern_details(per_pattern, spec.proportional_to),
+            learned_validation=True,
         )
+    learned = False
     if estimator == "linear":
         fitted = fit_linear(schema, encode, splits.train, seed)
         model, input_name, _ = export_linear(fitted, len(columns), schema.task)
@@ -135,10 +139,13 @@ def train_for_me(schema: Schema, splits: Splits, rows: Rows, seed: int, spec: Bu
         if fitted.out_of_fold is not None:
             details["out_of_fold"] = fitted.out_of_fold
     else:
-        fitted = fit_lightgbm(schema, encode, splits.train, splits.validation, seed)
+        learned = splits.temporal and schema.task == "regression"
+        fitted = fit_lightgbm(schema, encode, splits.train, splits.validation, seed, learn_validation=learned)
         model, input_name, _ = export_lightgbm(fitted, len(columns))
         name = "LightGBM " + ("LGBMClassifier" if schema.task == "classification" else "LGBMRegressor")
         details = {"rounds": fitted.rounds, "params": fitted.params, "early_stopping": "validation split"}
+        if learned:
+            details["refitted"] = "on training + validation rows (the newest) with the rounds found"
     return Servable(
         model=model,
         input_name=input_name,
@@ -149,6 +156,7 @@ def train_for_me(schema: Schema, splits: Splits, rows: Rows, seed: int, spec: Bu
         reference=reference_outputs(fitted, encode(checked), schema.task),
         checked=checked,
         details=details,
+        learned_validation=learned,
     )
 
 

@@ -32,6 +32,7 @@ token_groups = { awd = ["AWD", "4WD", "4X4"] }  # text: words that count as one 
 [split]
 calibration = 0.2                # share of the rows held out for the conformal tables (default 0.2)
 test = 0.2                       # share held out for the reported metrics (default 0.2)
+refit = false                    # with a time column: serve a model refitted on every row (see ``refit``)
 ```
 """
 
@@ -68,7 +69,7 @@ _COLUMN_KEYS = frozenset(
 )
 DEFAULT_TOKENS = 30
 MAX_TOKENS = 500
-_SPLIT_KEYS = frozenset({"calibration", "test"})
+_SPLIT_KEYS = frozenset({"calibration", "test", "refit"})
 DEFAULT_CALIBRATION_SHARE = 0.2
 DEFAULT_TEST_SHARE = 0.2
 MAX_HELD_OUT_SHARE = 0.8
@@ -106,6 +107,10 @@ class BuildSpec:
     columns: dict[str, ColumnSpec] = field(default_factory=dict)
     calibration_share: float = DEFAULT_CALIBRATION_SHARE
     test_share: float = DEFAULT_TEST_SHARE
+    refit: bool = False
+    """Temporal splits: the served model is refitted on every row; the test figures are a sibling's fitted on the
+    rows before the test period (its intervals calibrated on the period before that by a sibling fitted before
+    it), and the published intervals are that test sibling's scores on the test period (``build.refit``)."""
 
     def column(self, name: str) -> ColumnSpec:
         return self.columns.get(name, ColumnSpec())
@@ -237,6 +242,7 @@ def parse_spec(text: str, source: str = "spec") -> BuildSpec:
     if not isinstance(columns, dict):
         raise BuildError(f"{source}: [columns] must hold one table per column")
     calibration_share, test_share = _shares(raw.get("split", {}), source)
+    refit = _flag(raw.get("split", {}).get("refit", False), "[split] refit")
     return BuildSpec(
         description=model.get("description"),
         target=model.get("target"),
@@ -254,6 +260,7 @@ def parse_spec(text: str, source: str = "spec") -> BuildSpec:
         columns={name: _column(name, value) for name, value in columns.items()},
         calibration_share=calibration_share,
         test_share=test_share,
+        refit=refit,
     )
 
 

@@ -42,6 +42,12 @@ class Rows:
     def rows(self) -> int:
         return int(self.labels.size)
 
+    def __add__(self, other: Rows) -> Rows:
+        columns = {name: values + other.columns[name] for name, values in self.columns.items()}
+        return Rows(
+            columns, np.concatenate([self.labels, other.labels]), np.concatenate([self.file_rows, other.file_rows])
+        )
+
     def take(self, index: Sequence[int] | npt.NDArray[np.int64]) -> Rows:
         idx = np.asarray(index, dtype=np.int64)
         columns = {name: [values[i] for i in idx.tolist()] for name, values in self.columns.items()}
@@ -142,7 +148,7 @@ def _day_first(column: str, series: pd.Series) -> bool:
     )
 
 
-def _time_order(frame: pd.DataFrame, column: str) -> npt.NDArray[np.int64]:
+def _time_key(frame: pd.DataFrame, column: str) -> npt.NDArray[np.float64]:
     series = frame[column]
     if pd.api.types.is_numeric_dtype(series):
         key = series.to_numpy(dtype=np.float64)
@@ -156,7 +162,32 @@ def _time_order(frame: pd.DataFrame, column: str) -> npt.NDArray[np.int64]:
             row = int(frame.index[position]) + 1
             raise BuildError(f"time column {column!r} row {row}: {series.iloc[position]!r} is not a date or time")
         key = parsed.to_numpy(dtype="datetime64[ns]").astype(np.int64).astype(np.float64)
-    return np.argsort(key, kind="stable").astype(np.int64)
+    return np.asarray(key, dtype=np.float64)
+
+
+def _snapped(cut: int, key: npt.NDArray[np.float64], low: int, high: int, reach: float) -> int:
+    """The boundary between two time values nearest to ``cut`` (ties: the earlier), strictly between ``low`` and
+    ``high`` and at most ``reach`` rows away, so one time value (a model year, a day) does not sit on both sides of
+    a split; ``cut`` itself when there is none (a period larger than the split is cut as asked)."""
+    boundaries = np.flatnonzero(key[1:] != key[:-1]) + 1
+    inside = boundaries[(boundaries > low) & (boundaries < high) & (np.abs(boundaries - cut) <= reach)]
+    if inside.size == 0:
+        return cut
+    return int(inside[np.argmin(np.abs(inside - cut))])
+
+
+def temporal_cuts(frame: pd.DataFrame, column: str, n_cal: int, n_test: int) -> tuple[npt.NDArray[np.int64], int, int]:
+    """(row order in time, where calibration starts, where test starts): each cut moved to the nearest change of
+    time value within half its split's size, as long as two rows or more are left to fit on."""
+    key = _time_key(frame, column)
+    order = np.argsort(key, kind="stable").astype(np.int64)
+    ordered = key[order]
+    n = order.size
+    test_start = _snapped(n - n_test, ordered, 1, n, n_test / 2)
+    cal_start = _snapped(test_start - n_cal, ordered, 1, test_start, n_cal / 2)
+    if cal_start < 2:
+        return order, n - n_test - n_cal, n - n_test
+    return order, cal_start, test_start
 
 
 def split(
@@ -175,14 +206,9 @@ def split(
     n_test = max(1, round(n * shares[1]))
     n_cal = max(1, round(n * shares[0]))
     if schema.time_column is not None:
-        order = _time_order(frame, schema.time_column)
-        fit, calibration, test = (
-            order[: n - n_test - n_cal],
-            order[n - n_test - n_cal : n - n_test],
-            order[n - n_test :],
-        )
-        n_val = max(1, round(fit.size * VALIDATION_SHARE)) if validation else 0
-        train, held = fit[: fit.size - n_val], fit[fit.size - n_val :]
+        order, cal_start, test_start = temporal_cuts(frame, schema.time_column, n_cal, n_test)
+        fit, calibration, test = order[:cal_start], order[cal_start:test_start], order[test_start:]
+        train, held = _newest_held(fit, validation)
         temporal = True
     else:
         from sklearn.model_selection import train_test_split
@@ -201,6 +227,26 @@ def split(
         train, held, calibration, test = (np.sort(s) for s in (train, held, calibration, test))
         temporal = False
     return Splits(rows.take(train), rows.take(held), rows.take(calibration), rows.take(test), temporal)
+
+
+def _newest_held(fit: npt.NDArray[np.int64], validation: bool) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(train, validation): the newest ``VALIDATION_SHARE`` of rows in time order (none without early stopping)."""
+    n_val = max(1, round(fit.size * VALIDATION_SHARE)) if validation else 0
+    return fit[: fit.size - n_val], fit[fit.size - n_val :]
+
+
+def refit_splits(frame: pd.DataFrame, rows: Rows, schema: Schema, splits: Splits, validation: bool) -> list[Splits]:
+    """For ``[split] refit``: the fits on the rows before the test period, and on every row (train and validation
+    only; their calibration and test splits are empty). The cuts are ``split``'s, found the same way."""
+    if schema.time_column is None:
+        raise BuildError("[split] refit needs a time column (--time-column or [model] time_column)")
+    order, _, test_start = temporal_cuts(frame, schema.time_column, splits.calibration.rows, splits.test.rows)
+    none = rows.take([])
+    out = []
+    for fit in (order[:test_start], order):
+        train, held = _newest_held(fit, validation)
+        out.append(Splits(rows.take(train), rows.take(held), none, none, True))
+    return out
 
 
 def pattern_keys(width: int) -> list[str]:
