@@ -1,7 +1,7 @@
 """The batch scorer's point: rows/s per core for both co2 patterns, 1 and 2 workers side by side, and where a
 row's time goes.
 
-    .venv/bin/python -m bench.score_bench [--rows 1000000] [--repeats 1] [--out bench/results/score.json]
+    .venv/bin/python -m bench.score_bench [--rows 1000000] [--repeats 1] [--version V] [--out bench/results/score.json]
 
 For each pattern (fuel consumption given, specs-only) a Parquet file of real vehicles (``bench.score_data``) is
 scored by ``tabserve score`` as a user runs it (a fresh process, model verified, output written), with
@@ -45,12 +45,12 @@ def data_file(pattern: str, rows: int) -> Path:
     return path
 
 
-def run_cli(path: Path, workers: int) -> float:
+def run_cli(path: Path, workers: int, version: str | None = None) -> float:
     """Wall seconds of one ``tabserve score`` run (process start included, as a user sees it)."""
     with tempfile.TemporaryDirectory(prefix="tabserve-score-bench-") as tmp:
         out = Path(tmp) / "out.parquet"
         cmd = [str(REPO / ".venv" / "bin" / "tabserve"), "score", str(path), str(out), "--model", "co2"]
-        cmd += ["--workers", str(workers)]
+        cmd += ["--workers", str(workers), *(["--version", version] if version else [])]
         started = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO, timeout=1800)
         seconds = time.perf_counter() - started
@@ -59,7 +59,7 @@ def run_cli(path: Path, workers: int) -> float:
     return seconds
 
 
-def stages(path: Path) -> dict[str, float]:
+def stages(path: Path, version: str | None = None) -> dict[str, float]:
     """ns per row of each stage for one batch of the file, in this process (best of 5)."""
     import pyarrow.parquet as pq
 
@@ -70,7 +70,7 @@ def stages(path: Path) -> dict[str, float]:
 
     table = pq.read_table(path).slice(0, STAGE_ROWS)
     batch = table.to_batches(max_chunksize=STAGE_ROWS)[0]
-    scorer = BatchScorer(ModelRef("co2", None, REPO / "models"), None, batch.schema)
+    scorer = BatchScorer(ModelRef("co2", version, REPO / "models"), None, batch.schema)
     model, rows = scorer.model, batch.num_rows
     timings: dict[str, list[float]] = {}
 
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=1, help="runs per (pattern, workers); the median is kept")
+    parser.add_argument("--version", help="the co2 version to score with (default: the newest, as served)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "score.json")
     args = parser.parse_args(argv)
     files = {pattern: data_file(pattern, args.rows) for pattern in TARGETS}
@@ -118,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeats):
         for pattern, path in files.items():
             for workers in (1, 2):  # side by side: both worker counts on the same machine state
-                seconds.setdefault((pattern, workers), []).append(run_cli(path, workers))
-                fixed.setdefault((pattern, workers), []).append(run_cli(small[pattern], workers))
+                seconds.setdefault((pattern, workers), []).append(run_cli(path, workers, args.version))
+                fixed.setdefault((pattern, workers), []).append(run_cli(small[pattern], workers, args.version))
     result: dict[str, Any] = {
         "rows": args.rows,
+        "co2_version": args.version or "newest",
         "cores": os.cpu_count(),
         "loadavg": os.getloadavg(),
         "command": "python -m bench.score_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             "scaling_steady": round(scaling, 3),
             "scaling_wall": round(wall[1] / wall[2], 3),
             "scaling_target": SCALING_TARGET,
-            "stages_ns_per_row": stages(path),
+            "stages_ns_per_row": stages(path, args.version),
         }
         for w in (1, 2):
             note = "" if w == 1 else f"{scaling:.2f}x (wall {wall[1] / wall[2]:.2f}x; target {SCALING_TARGET}x)"

@@ -83,7 +83,9 @@ def render_metrics(name: str) -> str:
     manifest = json.loads((REPO / "models" / name / newest / "manifest.json").read_text(encoding="utf-8"))
     metrics, names = manifest["metrics"], manifest["conformal"]["pattern_names"]
     levels = [f"{lv:g}" for lv in manifest["conformal"]["levels"]]
-    if name == "co2":
+    if manifest["output"]["task"] == "regression" and "test" in metrics:
+        return _regression_metrics(metrics, levels)
+    if "temporal" in metrics:  # a version of the legacy co2 trainer
         temporal, grouped, coverage = metrics["temporal"], metrics["grouped"], metrics["coverage_temporal_test"]
         rows = []
         for key in sorted(names, reverse=True):
@@ -167,6 +169,34 @@ def render_metrics(name: str) -> str:
         *(f"raw LAC coverage {lv}" for lv in levels),
     ]
     return _table(header, rows) + "\n"
+
+
+def _regression_metrics(metrics: dict[str, Any], levels: list[str]) -> str:
+    """A ``tabserve build`` regression: error and coverage per pattern on the test split, and the fits behind them."""
+    test, split = metrics["test"], metrics["split"]
+    rows = [
+        [
+            f"`{key}` {entry['name']}",
+            str(entry["rows"]),
+            f"{entry['mae']:.2f}",
+            f"{entry['rmse']:.2f}",
+            f"{entry['r2']:.4f}",
+            *(f"{entry['coverage'][lv]:.3f}" for lv in levels),
+            f"{entry['mean_width']['0.9']:.1f}",
+        ]
+        for key, entry in sorted(test.items(), reverse=True)
+    ]
+    header = ["inputs given", "rows", "MAE", "RMSE", "R²", *(f"coverage {lv}" for lv in levels), "90% width"]
+    sizes = ", ".join(f"{k} {v}" for k, v in split["rows"].items())
+    lines = [f"Split: {'temporal on ' + split['time_column'] if split['temporal'] else 'random'} ({sizes} rows)."]
+    if "refit" in metrics:
+        refit = metrics["refit"]
+        lines[0] += (
+            f" Refit: {refit['rule']}; served model fitted on {refit['served']['train_rows']} + "
+            f"{refit['served']['validation_rows']} rows, tester on {refit['tester']['train_rows']} + "
+            f"{refit['tester']['validation_rows']}."
+        )
+    return "\n".join([*lines, "", _table(header, rows)]) + "\n"
 
 
 def render_bench() -> str:

@@ -39,7 +39,7 @@ def test_models_lists_versions_and_default(client: TestClient) -> None:
     names = [m["name"] for m in body["models"]]
     assert names == sorted(list_models(MODELS))
     assert {m["name"]: m["versions"] for m in body["models"]} == {
-        "co2": ["1.0.0", "2.0.0"],
+        "co2": ["1.0.0", "2.0.0", "3.0.0"],
         "penguins": ["1.0.0", "1.1.0"],
     }
 

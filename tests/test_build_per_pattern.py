@@ -93,6 +93,7 @@ def test_proportional_submodels_beat_one_model_and_dispatch_every_row_to_its_pat
         ('estimator = "per_pattern"\nproportional_to = ["usage"]', "negative", "needs a positive target"),
         ('estimator = "per_pattern"\ntask = "classification"', "classes", "per_pattern fits regression only"),
         ('estimator = "per_pattern"\n[columns.region]\ntype = "text"', None, "['region'] are text (no absent code)"),
+        ('pattern_names = { "1" = "usage" }', None, "spec pattern_names has keys ['1']; the patterns of usage, region"),
     ],
 )
 def test_per_pattern_refusals_name_the_problem(
@@ -113,3 +114,24 @@ def test_per_pattern_refusals_name_the_problem(
     lines = [line for line in err.splitlines() if line.startswith("tabserve build:")]
     assert len(lines) == 1 and message in lines[0], err
     assert "Traceback" not in err
+
+
+def test_spec_pattern_names_and_normal_ahead_reach_the_manifest(tmp_path: Path) -> None:
+    names = '{ "11" = "both", "10" = "usage only", "01" = "region only", "00" = "neither" }'
+    spec = f'[model]\ntarget = "y"\noptional = {OPTIONAL}\npattern_names = {names}\n[columns.size]\nnormal_ahead = 2.5'
+    manifest = build_with_spec(tmp_path, "named", _table(600), spec)
+    assert manifest["conformal"]["pattern_names"] == {
+        "11": "both",
+        "10": "usage only",
+        "01": "region only",
+        "00": "neither",
+    }
+    assert [entry["name"] for entry in manifest["metrics"]["test"].values()] == [
+        "both",
+        "usage only",
+        "region only",
+        "neither",
+    ]
+    size = {i["name"]: i for i in manifest["inputs"]}["size"]
+    assert size["in_distribution"] == {"min": size["training"]["min"], "max": size["training"]["max"] + 2.5}
+    assert {i["name"]: i for i in manifest["inputs"]}["usage"].get("in_distribution") is None

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from tabserve.store.base import PredictionStore
 
 TRAINERS = {"co2": "tabserve.training.co2"}
-"""Shipped models with their own trainer (what is truly model-specific); the others are a packaged spec plus the
-generic build (``tabserve.training.build.shipped``)."""
+"""The legacy trainers (``tabserve train co2 --legacy``: co2 2.0.0 and its rolling-origin backtest, reproducible
+byte for byte). Every shipped model is a packaged spec plus the generic build (``tabserve.training.build.shipped``)."""
 DEFAULT_MODELS = Path("models")
 SHEDDING_PROTOCOL = "tabserve.api.shedding:SheddingProtocol"
 """uvicorn's httptools protocol with admission decided at parse time (an import string: workers import it)."""
@@ -34,20 +34,27 @@ SHEDDING_PROTOCOL = "tabserve.api.shedding:SheddingProtocol"
 def _cmd_train(args: argparse.Namespace) -> int:
     from tabserve.training.build.shipped import spec_models  # standard library only: nothing of the build
 
-    if args.model in spec_models():
+    if args.model in spec_models() and not args.legacy:
+        import shutil
+
         from tabserve.training.build.report import print_report
         from tabserve.training.build.shipped import build_arguments
 
-        return print_report(
-            build_arguments(
-                args.model,
-                Path(args.data) if args.data else None,
-                Path(args.extra) if args.extra else None,
-                Path(args.out),
-                args.version,
-                args.seed,
-            )
+        built = build_arguments(
+            args.model,
+            Path(args.data) if args.data else None,
+            Path(args.extra) if args.extra else None,
+            Path(args.out),
+            args.version,
+            args.seed,
         )
+        try:
+            return print_report(built)
+        finally:
+            if built.table_dir is not None:
+                shutil.rmtree(built.table_dir, ignore_errors=True)
+    if args.model not in TRAINERS:
+        raise TabserveError(f"tabserve train {args.model}: no legacy trainer (it is a spec plus the generic build)")
     from tabserve.training.options import DEFAULT_SEED, TrainOptions
 
     module = importlib.import_module(TRAINERS[args.model])
@@ -267,6 +274,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     module = importlib.import_module(TRAINERS[args.model])
     verified = verify_model_dir(model_dir(Path(args.models), args.model, args.version))
+    if "shipped_in_sample" not in verified.manifest.metrics:
+        raise TabserveError(
+            f"{args.model} {verified.manifest.version} was made by tabserve build: its test figures per pattern are "
+            "in its manifest (metrics.test) and MODEL_CARD.md; evaluate re-scores the legacy trainer's versions "
+            "(--version 2.0.0)"
+        )
     report = module.evaluate(verified, Path(args.data) if args.data else None)
     print(json.dumps(report, indent=2))
     return 0
@@ -338,10 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", help="folder with the training CSVs (co2; penguins: a CSV or its folder, default the bundled one)"
     )
     train.add_argument("--out", default=str(DEFAULT_MODELS), help="models root (default: models)")
-    train.add_argument("--version", help="co2: default 1.0.0; penguins: default the next minor, never overwritten")
+    train.add_argument("--version", help="default: the next minor, never overwritten (co2 --legacy: 1.0.0)")
     train.add_argument("--seed", type=int, help="random seed (default: the one the bundled models used)")
     train.add_argument("--extra", help="exported prediction log with feedback to add to training")
-    train.add_argument("--no-plots", action="store_true", help="skip the model card's PNG plots (co2)")
+    train.add_argument("--no-plots", action="store_true", help="skip the model card's PNG plots (co2 --legacy)")
+    train.add_argument(
+        "--legacy", action="store_true", help="co2: the model-specific trainer of co2 2.0.0 (default: the spec)"
+    )
     train.set_defaults(func=_cmd_train)
 
     from tabserve.training.build.arguments import add_build_parser  # argparse only: nothing of the build is imported

@@ -261,3 +261,29 @@ def temporal_split(frame: pd.DataFrame) -> TemporalSplit:
         calibration=calibration.reset_index(drop=True),
         test=calibration.reset_index(drop=True),
     )
+
+
+TABLE_COLUMNS = (
+    "model_year",
+    "make",
+    "model",
+    "vehicle_class",
+    "engine_size_l",
+    "cylinders",
+    "transmission",
+    "fuel_type",
+    *CONSUMPTION,
+)
+TABLE_TARGET = "co2_emissions"
+"""The target's name in the table ``tabserve train co2`` builds: the served output's name."""
+
+
+def write_table(data_dir: Path, extra: Path | None, out: Path) -> list[tuple[Path, int]]:
+    """The canonical table (every row ``load`` keeps, outliers included: serving meets them too) as one CSV for the
+    generic build (``training/specs/co2.toml``); returns the published files read, with their rows."""
+    data = load(data_dir, extra)
+    table = data.frame[[*TABLE_COLUMNS, TARGET]].rename(columns={TARGET: TABLE_TARGET})
+    table = table.astype({"model_year": "int64", "cylinders": "int64"})  # counts: served as integers
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    return list(data.file_rows.items())

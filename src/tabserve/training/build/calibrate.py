@@ -8,12 +8,13 @@ enough calibration scores for a finite quantile. The test split, masked the same
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from tabserve.errors import BuildError
 from tabserve.manifest import level_key
 from tabserve.training.build.table import Rows, masked, pattern_keys
 from tabserve.training.card import expected_calibration_error
@@ -193,8 +194,17 @@ def class_shift(calibration: Rows, test: Rows, classes: Sequence[str]) -> str | 
     )
 
 
-def pattern_names(pattern_inputs: Sequence[str]) -> dict[str, str]:
-    """Readable names of the pattern keys: ``"10"`` -> ``"garage given, pool absent"``."""
+def pattern_names(pattern_inputs: Sequence[str], given_names: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Readable names of the pattern keys: the spec's (``given_names``, which must name every pattern key or
+    none), else ``"10"`` -> ``"garage given, pool absent"``."""
+    keys = pattern_keys(len(pattern_inputs))
+    if given_names:
+        if sorted(given_names) != sorted(keys):
+            raise BuildError(
+                f"spec pattern_names has keys {sorted(given_names)}; the patterns of {', '.join(pattern_inputs)} "
+                f"are {keys} (1: given, 0: absent, in that order)"
+            )
+        return {key: given_names[key] for key in keys}
     names: dict[str, str] = {}
     for key in pattern_keys(len(pattern_inputs)):
         given = [n for n, f in zip(pattern_inputs, key, strict=True) if f == "1"]

@@ -148,6 +148,7 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
         raise BuildError(
             "[split] refit fits the served model again on every row: it needs a model fitted here and a time column"
         )
+    pattern_names(schema.pattern_inputs, spec.pattern_names)  # a spec's names refused before any work
     if text and (args.model or args.onnx):
         raise BuildError(
             f'spec type = "text" ({", ".join(text)}) makes token features for a model fitted here; a given model '
@@ -197,7 +198,7 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
     )
     progress.done("convert", f"ONNX opset {default_opset(model)}, output {output!r}; {checked}")
 
-    names = pattern_names(schema.pattern_inputs)
+    names = pattern_names(schema.pattern_inputs, spec.pattern_names)
     score = "lac" if schema.task == "classification" else spec.score
     calibrated = calibrate(first.predict, tester, splits, schema.pattern_inputs, schema.task, score, names)
     levels, tests, quantiles = calibrated.levels, calibrated.tests, calibrated.quantiles
@@ -267,7 +268,10 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
                 "version": version,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "description": description,
-                "training_data": [data_file_entry(f, n) for f, n in zip(files, file_rows, strict=True)],
+                "training_data": [
+                    data_file_entry(f, n)
+                    for f, n in (getattr(args, "provenance", None) or zip(files, file_rows, strict=True))
+                ],
                 "seed": seed,
                 "inputs": input_specs(schema, rows, fitted_rows, spec, optional),
                 "output": output_spec,

@@ -234,9 +234,10 @@ def round_thresholds_down(model: onnx.ModelProto, thresholds: Sequence[float]) -
     For float32 inputs ``x <= t`` equals ``x <= t↓`` (``t`` rounded down to float32): every stored threshold that
     only ever stands for thresholds below it is moved one float32 step down."""
     rounded_up: dict[float, set[bool]] = {}
-    for t in thresholds:
-        stored = float(np.float32(t))
-        rounded_up.setdefault(stored, set()).add(stored > t)
+    with np.errstate(over="ignore"):  # a threshold beyond float32's range is stored as ±inf, as the converter does
+        for t in thresholds:
+            stored = float(np.float32(t))
+            rounded_up.setdefault(stored, set()).add(stored > t)
     changed = 0
     for node in model.graph.node:
         if node.op_type not in ("TreeEnsembleRegressor", "TreeEnsembleClassifier"):

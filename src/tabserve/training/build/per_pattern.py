@@ -29,7 +29,7 @@ from tabserve.training.build.convert import lightgbm_thresholds, round_threshold
 from tabserve.training.build.embed import converted_lightgbm, embedded, sealed
 from tabserve.training.build.fit import EARLY_STOPPING_ROUNDS, LARGE_ROWS, OPSET, lightgbm_params, min_delta
 from tabserve.training.build.infer import Schema
-from tabserve.training.build.table import Rows, masked, pattern_keys
+from tabserve.training.build.table import Rows, masked, pattern_keys, sometimes_absent
 
 OUTPUT = "prediction"
 ML_OPSET = 3
@@ -37,6 +37,9 @@ PATTERN_MISSING = -1.0
 """The ordinal code of an absent category pattern input (its unknown code is ``PATTERN_UNKNOWN``)."""
 PATTERN_UNKNOWN = -2.0
 MIN_PATTERN_ROWS = 20
+OTHER_ABSENT_SHARE = 0.2
+"""An optional input that is not a pattern input (beyond the three patterns, say) is absent in this share of a
+submodel's fitting rows, at random: a request may omit it, so the trees must have seen it absent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +144,9 @@ def fit_per_pattern(
     params: dict[str, Any] = {}
     for offset, key in enumerate(pattern_keys(len(schema.pattern_inputs))):
         fit_rows, val_rows = masked(train, schema.pattern_inputs, key), masked(validation, schema.pattern_inputs, key)
+        others = [name for name in schema.optional if name not in schema.pattern_inputs]
+        fit_rows = sometimes_absent(fit_rows, others, OTHER_ABSENT_SHARE, seed + offset)
+        val_rows = sometimes_absent(val_rows, others, OTHER_ABSENT_SHARE, seed + offset + 1)
         if fit_rows.rows < MIN_PATTERN_ROWS or val_rows.rows == 0:
             raise BuildError(
                 f"pattern {key!r} ({', '.join(schema.pattern_inputs)}) has {fit_rows.rows} training and "

@@ -17,6 +17,7 @@ proportional_to = ["fuel_l"]     # per_pattern regression: the target is modelle
 score = "absolute"               # regression intervals: "absolute" (± q) or "relative" (× (1 ± q))
 output_unit = "EUR"
 output_description = "Sale price"
+pattern_names = { "1" = "with garage", "0" = "no garage" }  # names of the patterns (keys: 1 given, 0 absent)
 
 [columns.living_area]
 unit = "mm"                      # the canonical unit (a known family: requests may send any of its units)
@@ -28,6 +29,7 @@ type = "category"                # force a kind: "number", "category" or "text" 
 aliases = { "N" = "NORTH" }      # alternative spellings of a category
 tokens = 30                      # text: how many words to choose (the most telling of the target in training)
 token_groups = { awd = ["AWD", "4WD", "4X4"] }  # text: words that count as one feature
+normal_ahead = 2                 # a number: up to 2 above the training maximum is not out of distribution
 
 [split]
 calibration = 0.2                # share of the rows held out for the conformal tables (default 0.2)
@@ -61,11 +63,12 @@ _MODEL_KEYS = frozenset(
         "proportional_to",
         "output_unit",
         "output_description",
+        "pattern_names",
     }
 )
 ESTIMATORS = ("lightgbm", "linear", "per_pattern")
 _COLUMN_KEYS = frozenset(
-    {"unit", "data_unit", "description", "min", "max", "type", "aliases", "tokens", "token_groups"}
+    {"unit", "data_unit", "description", "min", "max", "type", "aliases", "tokens", "token_groups", "normal_ahead"}
 )
 DEFAULT_TOKENS = 30
 MAX_TOKENS = 500
@@ -87,6 +90,9 @@ class ColumnSpec:
     aliases: dict[str, str] = field(default_factory=dict)
     tokens: int = DEFAULT_TOKENS
     token_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    normal_ahead: float | None = None
+    """A number up to this much above the training maximum is normal use, not out of distribution (a model year
+    one or two past the newest trained on)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +110,7 @@ class BuildSpec:
     proportional_to: tuple[str, ...] = ()
     output_unit: str = ""
     output_description: str | None = None
+    pattern_names: dict[str, str] = field(default_factory=dict)
     columns: dict[str, ColumnSpec] = field(default_factory=dict)
     calibration_share: float = DEFAULT_CALIBRATION_SHARE
     test_share: float = DEFAULT_TEST_SHARE
@@ -181,7 +188,11 @@ def _column(name: str, raw: Any) -> ColumnSpec:
     low, high = _number(raw.get("min"), f"[columns.{name}] min"), _number(raw.get("max"), f"[columns.{name}] max")
     if low is not None and high is not None and low > high:
         raise BuildError(f"spec: [columns.{name}] min {low:g} is above max {high:g}")
+    ahead = _number(raw.get("normal_ahead"), f"[columns.{name}] normal_ahead")
+    if ahead is not None and ahead < 0:
+        raise BuildError(f"spec: [columns.{name}] normal_ahead must be 0 or more, not {ahead:g}")
     return ColumnSpec(
+        normal_ahead=ahead,
         unit=None if unit is None else str(unit),
         data_unit=None if data_unit is None else str(data_unit),
         description=None if raw.get("description") is None else str(raw["description"]),
@@ -238,6 +249,9 @@ def parse_spec(text: str, source: str = "spec") -> BuildSpec:
     proportional_to = _strings(model.get("proportional_to", []), "[model] proportional_to")
     if proportional_to and (estimator != "per_pattern" or task == "classification"):
         raise BuildError(f'{source}: [model] proportional_to needs estimator = "per_pattern" and a regression task')
+    names = model.get("pattern_names", {})
+    if not isinstance(names, dict) or not all(isinstance(v, str) and v.strip() for v in names.values()):
+        raise BuildError(f"{source}: [model] pattern_names must map pattern keys such as \"10\" to names")
     columns = raw.get("columns", {})
     if not isinstance(columns, dict):
         raise BuildError(f"{source}: [columns] must hold one table per column")
@@ -257,6 +271,7 @@ def parse_spec(text: str, source: str = "spec") -> BuildSpec:
         proportional_to=proportional_to,
         output_unit=str(model.get("output_unit", "")),
         output_description=model.get("output_description"),
+        pattern_names={str(k): str(v) for k, v in names.items()},
         columns={name: _column(name, value) for name, value in columns.items()},
         calibration_share=calibration_share,
         test_share=test_share,

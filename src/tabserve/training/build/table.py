@@ -283,6 +283,18 @@ def every_pattern(rows: Rows, pattern_inputs: Sequence[str]) -> Rows:
     )
 
 
+def sometimes_absent(rows: Rows, names: Sequence[str], share: float, seed: int) -> Rows:
+    """``rows`` with each of ``names`` removed (None) at random in ``share`` of them (seeded), in place of a copy."""
+    if not names or rows.rows == 0:
+        return rows
+    rng = np.random.default_rng(seed)
+    columns = dict(rows.columns)
+    for name in names:
+        drop = rng.random(rows.rows) < share
+        columns[name] = [None if gone else value for value, gone in zip(columns[name], drop.tolist(), strict=True)]
+    return Rows(columns, rows.labels, rows.file_rows)
+
+
 AUGMENT_COPY_MAX_ROWS = 20_000
 """Up to this many rows, augmentation appends a masked copy; beyond, it masks in place (the table is large enough
 to spare the values, and the fit stays as fast as the table)."""

@@ -5,6 +5,7 @@ server's hot reload never sees half a version.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -72,6 +73,9 @@ def staging(models: Path, name: str, version: str) -> Iterator[Path]:
         if final.exists():
             raise BuildError(f"{final} appeared while building: versions are never overwritten")
         final.parent.mkdir(parents=True, exist_ok=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's folder is private (0700): a server running as another user reads it
         if tmp.stat().st_dev == final.parent.stat().st_dev:
             tmp.replace(final)  # atomic: a hot reload sees the whole version or none of it
         else:
@@ -141,6 +145,10 @@ def _input(feature: Feature, rows: Rows, train: Rows, spec: BuildSpec, optional:
     all_values = np.array([v for v in rows.columns[feature.name] if v is not None], dtype=np.float64)
     unit = column.unit or ""
     family = FAMILIES.get(unit)
+    seen = training_range([v for v in train.columns[feature.name] if v is not None])
+    normal = {}
+    if column.normal_ahead is not None:
+        normal = {"in_distribution": {"min": seen["min"], "max": seen["max"] + column.normal_ahead}}
     return {
         "name": feature.name,
         "type": "number",
@@ -150,7 +158,8 @@ def _input(feature: Feature, rows: Rows, train: Rows, spec: BuildSpec, optional:
         "units": list(family.units) if family else [unit],
         "integer": feature.integer,
         "plausible": _plausible(all_values, column.minimum, column.maximum),
-        "training": training_range([v for v in train.columns[feature.name] if v is not None]),
+        "training": seen,
+        **normal,
     }
 
 
