@@ -251,7 +251,7 @@ def parse_spec(text: str, source: str = "spec") -> BuildSpec:
         raise BuildError(f'{source}: [model] proportional_to needs estimator = "per_pattern" and a regression task')
     names = model.get("pattern_names", {})
     if not isinstance(names, dict) or not all(isinstance(v, str) and v.strip() for v in names.values()):
-        raise BuildError(f"{source}: [model] pattern_names must map pattern keys such as \"10\" to names")
+        raise BuildError(f'{source}: [model] pattern_names must map pattern keys such as "10" to names')
     columns = raw.get("columns", {})
     if not isinstance(columns, dict):
         raise BuildError(f"{source}: [columns] must hold one table per column")
