@@ -376,7 +376,7 @@ def test_model_card_page_shows_its_verified_plots(page: Any, web_server: ServerP
     card = (MODELS / "co2" / newest / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert len(natural) == card.count("![") >= 3 and all(width > 0 for _, width in natural), natural
     assert all(src.startswith("/models/co2/card/") for src, _ in natural)
-    assert page.locator("main table").count() >= 3
+    assert page.locator("main table").count() >= 2  # the build card: inputs and test metrics per pattern
     _shot(page, "web-card.png")
 
 
