@@ -7,7 +7,7 @@ from contextlib import suppress
 
 import orjson
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 from starlette.responses import Response
 
 from tabserve.api.context import ContextDep
@@ -77,7 +77,7 @@ class Feedback(BaseModel):
     model_config = ConfigDict(extra="forbid")
     request_id: str = Field(min_length=1, max_length=128)
     index: int | None = Field(default=None, ge=0, description="Row of a batch request; omit for a single one")
-    actual: float | str = Field(description="Measured CO2 in g/km, or the species")
+    actual: StrictFloat | StrictInt | StrictStr = Field(description="Measured CO2 in g/km, or the species")
 
 
 @router.post(
