@@ -81,73 +81,10 @@ def render_metrics(name: str) -> str:
 
     newest = list_versions(REPO / "models", name)[-1]  # the default version
     manifest = json.loads((REPO / "models" / name / newest / "manifest.json").read_text(encoding="utf-8"))
-    metrics, names = manifest["metrics"], manifest["conformal"]["pattern_names"]
+    metrics = manifest["metrics"]
     levels = [f"{lv:g}" for lv in manifest["conformal"]["levels"]]
     if manifest["output"]["task"] == "regression" and "test" in metrics:
         return _regression_metrics(metrics, levels)
-    if "temporal" in metrics:  # a version of the legacy co2 trainer
-        temporal, grouped, coverage = metrics["temporal"], metrics["grouped"], metrics["coverage_temporal_test"]
-        rows = []
-        for key in sorted(names, reverse=True):
-            m = temporal["model"][key]
-            rows.append([f"`{key}` {names[key]}", f"{m['mae']:.2f}", f"{m['rmse']:.2f}", f"{m['r2']:.4f}"])
-        for label, m in (
-            ("physics baseline (comb × fuel factor)", temporal["physics"]),
-            ("naive (training mean)", temporal["naive"]),
-        ):
-            rows.append([label, f"{m['mae']:.2f}", f"{m['rmse']:.2f}", f"{m['r2']:.4f}"])
-        out = [
-            f"Temporal split — {temporal['description']}.",
-            "",
-            _table(["inputs given", "MAE g/km", "RMSE", "R²"], rows),
-        ]
-        grows = []
-        for key in ("111", "000"):
-            m = grouped["model"][key]
-            grows.append([f"`{key}` {names[key]}", f"{m['mae']:.2f}", f"{m['rmse']:.2f}", f"{m['r2']:.4f}"])
-        for label, m in (("physics baseline", grouped["physics"]), ("naive", grouped["naive"])):
-            grows.append([label, f"{m['mae']:.2f}", f"{m['rmse']:.2f}", f"{m['r2']:.4f}"])
-        out += [
-            "",
-            f"Grouped split — {grouped['description']}",
-            "",
-            _table(["inputs given", "MAE g/km", "RMSE", "R²"], grows),
-        ]
-        crows = [
-            [
-                f"`{key}` {names[key]}",
-                *(f"{coverage[key][lv]['coverage']:.3f}" for lv in levels),
-                f"{coverage[key]['0.9']['mean_width']:.1f}",
-            ]
-            for key in sorted(names, reverse=True)
-        ]
-        out += [
-            "",
-            "Empirical coverage of the conformal intervals on the temporal test split:",
-            "",
-            _table(["inputs given", *levels, "90% width g/km"], crows),
-        ]
-        if "backtest" in metrics:
-            backtest = metrics["backtest"]
-            brows = [
-                [
-                    origin,
-                    f"`{key}` {names[key]}",
-                    *(f"{cell[lv]['coverage']:.3f}" for lv in ("0.8", "0.9", "0.95")),
-                    f"{cell['0.9']['mean_width']:.1f}",
-                    f"{cell['mae']:.2f}",
-                    f"{cell['rmse']:.2f}",
-                ]
-                for origin, row in backtest["table"].items()
-                for key, cell in row.items()
-            ]
-            out += [
-                "",
-                f"Rolling-origin backtest — {backtest['rule']}; scheme chosen over all origins: {backtest['chosen']}.",
-                "",
-                _table(["origin", "inputs given", "0.8", "0.9", "0.95", "90% width g/km", "MAE", "RMSE"], brows),
-            ]
-        return "\n".join(out) + "\n"
     test = metrics["test"]
     rows = [
         [

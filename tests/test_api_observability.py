@@ -189,7 +189,6 @@ def test_serve_log_feedback_export_retrain_loop(tmp_path: Path) -> None:
             "1.1.0",
             "--extra",
             str(out),
-            "--no-plots",
         ],
         capture_output=True,
         text=True,

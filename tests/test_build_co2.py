@@ -1,6 +1,7 @@
 """The shipped co2 model is its packaged spec plus the generic build: ``tabserve train co2`` rebuilds the committed
 co2 3.0.0 bit for bit from the published NRCan files, and 3.0.0 is better than 2.0.0 (the last version made by the
-co2-specific trainer) on the same 2022 rows, tested by the same rule (a sibling fitted on the years before)."""
+co2-specific trainer) on the same 2022 rows, tested by the same rule (a sibling fitted on the years before); the
+canonical table it is built from (``training/co2_data.py``); ``tabserve evaluate`` on a committed version."""
 
 from __future__ import annotations
 
@@ -8,11 +9,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from conftest import MODELS, data_dir
 from tabserve.cli import main
-from tabserve.training.co2_data import DATA_SHA256
+from tabserve.training.co2_data import (
+    CONSUMPTION,
+    DATA_FILES,
+    DATA_SHA256,
+    OFFICIAL_COLUMNS,
+    TABLE_COLUMNS,
+    TABLE_TARGET,
+    load,
+    write_table,
+)
 
 pytestmark = pytest.mark.training
 
@@ -67,3 +78,85 @@ def test_model_year_is_optional_and_the_next_two_years_are_normal_use() -> None:
     assert newest == 2022
     assert not validator.one({**example, "model_year": newest + 2}).out_of_distribution
     assert validator.one({**example, "model_year": newest + 3}).out_of_distribution
+
+
+def test_evaluate_reproduces_2_0_0s_recorded_figures_from_the_committed_artifact(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The generic ``tabserve evaluate`` on 2022's rows of the canonical table re-scores the version the legacy
+    trainer made to the figures it recorded (its shipped graph on 2022, per fuel-figure pattern)."""
+    table = tmp_path / "co2.csv"
+    write_table(data_dir(), None, table)
+    newest = pd.read_csv(table)
+    newest = newest[newest["model_year"] == 2022]
+    data = tmp_path / "2022.parquet"
+    newest.to_parquet(data, index=False)
+    capsys.readouterr()
+    args = ["evaluate", "co2", "--data", str(data), "--models", str(MODELS), "--version", "2.0.0", "--every-pattern"]
+    assert main([*args, "--level", "0.9"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    recorded = _manifest(LEGACY)["metrics"]["shipped_in_sample"]["model"]
+    assert set(report["patterns"]) == set(recorded)
+    for key, entry in recorded.items():
+        assert report["patterns"][key]["rows"] == entry["rows"] == len(newest)
+        assert report["patterns"][key]["mae"] == pytest.approx(entry["mae"], abs=1e-3), key
+
+
+def test_the_table_canonicalises_classes_and_drops_duplicates(tmp_path: Path) -> None:
+    data = load(data_dir())
+    frame = data.frame
+    classes = set(frame["vehicle_class"].dropna())
+    assert "SPORT UTILITY VEHICLE SMALL" in classes and "SUV SMALL" not in classes
+    assert not any(c.islower() for c in "".join(frame["make"]))
+    assert data.duplicates_dropped >= 3
+    assert data.unknown_class_rows == 1
+    key = ["model_year", "make", "model_key", "vehicle_class", "transmission", "fuel_type", "engine_size_l"]
+    assert frame.duplicated(subset=[*key, *CONSUMPTION, "co2"]).sum() == 0
+    out = tmp_path / "table.csv"
+    read = write_table(data_dir(), None, out)
+    assert [(p.name, n) for p, n in read] == [(p.name, n) for p, n in data.file_rows.items()]
+    table = pd.read_csv(out)
+    assert list(table.columns) == [*TABLE_COLUMNS, TABLE_TARGET] and len(table) == len(frame)
+
+
+def test_extra_rows_with_empty_fuel_columns_join_the_table(tmp_path: Path) -> None:
+    extra = tmp_path / "extra.csv"
+    header = ",".join(OFFICIAL_COLUMNS)
+    extra.write_text(f"{header}\n2022,Toyota,RAV4 AWD,Sport utility vehicle: Small,2.5,4,AS8,X,,,,,190,,\n")
+    rows = load(data_dir(), extra).frame
+    rows = rows[rows["source"] == "extra"]
+    assert len(rows) == 1
+    assert rows[list(CONSUMPTION)].isna().all(axis=None)
+    assert rows["vehicle_class"].tolist() == ["SPORT UTILITY VEHICLE SMALL"]
+
+
+def test_a_data_file_with_other_bytes_than_published_is_refused(tmp_path: Path) -> None:
+    for name in DATA_FILES:
+        (tmp_path / name).write_bytes((data_dir() / name).read_bytes())
+    tampered = tmp_path / DATA_FILES[-1]
+    tampered.write_bytes(tampered.read_bytes().replace(b",184,", b",185,", 1))
+    with pytest.raises(ValueError, match="sha256"):
+        load(tmp_path)
+
+
+def test_ood_flag_spares_the_newest_year_and_catches_rows_built_out_of_range(tmp_path: Path) -> None:
+    from tabserve.artifacts import verify_model_dir
+    from tabserve.features.validation import InstanceValidator
+
+    validator = InstanceValidator(verify_model_dir(SHIPPED).manifest)
+    out = tmp_path / "table.csv"
+    write_table(data_dir(), None, out)
+    newest = pd.read_csv(out).drop(columns=[TABLE_TARGET])
+    newest = newest[newest["model_year"] == 2022]
+    rows = [{k: v for k, v in row.items() if not pd.isna(v)} for row in newest.to_dict("records")]
+    flagged = [validator.one(row).out_of_distribution for row in rows]
+    assert sum(flagged) / len(flagged) <= 0.10
+    built = (
+        [{**row, "engine_size_l": 9.0} for row in rows[:100]]
+        + [{**row, "fuel_consumption_city_l_per_100km": 38.0} for row in rows[100:200]]
+        + [{**row, "fuel_type": "H"} for row in rows[200:300]]
+        + [{**row, "vehicle_class": "Hovercraft"} for row in rows[300:400]]
+    )
+    assert sum(validator.one(row).out_of_distribution for row in built) / len(built) >= 0.95
+    # the generic build flags values outside those trained on (2.0.0 flagged beyond 12 cylinders; 16 is trained on)
+    assert not validator.one({**rows[0], "cylinders": 16}).out_of_distribution

@@ -7,7 +7,6 @@ the training stack.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import shutil
 import signal
@@ -23,52 +22,29 @@ from tabserve.memory import fix_mmap_threshold
 if TYPE_CHECKING:
     from tabserve.store.base import PredictionStore
 
-TRAINERS = {"co2": "tabserve.training.co2"}
-"""The legacy trainers (``tabserve train co2 --legacy``: co2 2.0.0 and its rolling-origin backtest, reproducible
-byte for byte). Every shipped model is a packaged spec plus the generic build (``tabserve.training.build.shipped``)."""
 DEFAULT_MODELS = Path("models")
 SHEDDING_PROTOCOL = "tabserve.api.shedding:SheddingProtocol"
 """uvicorn's httptools protocol with admission decided at parse time (an import string: workers import it)."""
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from tabserve.training.build.shipped import spec_models  # standard library only: nothing of the build
+    """A shipped model rebuilt from its packaged spec and the generic build (``training/build/shipped.py``)."""
+    from tabserve.training.build.report import print_report  # the train extra: imported only for this command
+    from tabserve.training.build.shipped import build_arguments
 
-    if args.model in spec_models() and not args.legacy:
-        import shutil
-
-        from tabserve.training.build.report import print_report
-        from tabserve.training.build.shipped import build_arguments
-
-        built = build_arguments(
-            args.model,
-            Path(args.data) if args.data else None,
-            Path(args.extra) if args.extra else None,
-            Path(args.out),
-            args.version,
-            args.seed,
-        )
-        try:
-            return print_report(built)
-        finally:
-            if built.table_dir is not None:
-                shutil.rmtree(built.table_dir, ignore_errors=True)
-    if args.model not in TRAINERS:
-        raise TabserveError(f"tabserve train {args.model}: no legacy trainer (it is a spec plus the generic build)")
-    from tabserve.training.options import DEFAULT_SEED, TrainOptions
-
-    module = importlib.import_module(TRAINERS[args.model])
-    options = TrainOptions(
-        data_dir=Path(args.data) if args.data else None,
-        out_root=Path(args.out),
-        version=args.version or "1.0.0",
-        seed=DEFAULT_SEED if args.seed is None else args.seed,
-        extra=Path(args.extra) if args.extra else None,
-        plots=not args.no_plots,
+    built = build_arguments(
+        args.model,
+        Path(args.data) if args.data else None,
+        Path(args.extra) if args.extra else None,
+        Path(args.out),
+        args.version,
+        args.seed,
     )
-    path = module.train(options)
-    print(f"wrote {path}")
-    return 0
+    try:
+        return print_report(built)
+    finally:
+        if built.table_dir is not None:
+            shutil.rmtree(built.table_dir, ignore_errors=True)
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -268,20 +244,27 @@ def _coverage_report(store: PredictionStore, model: str, pattern_names: dict[str
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    """A committed version re-scored on a labelled file through the serving path (``score/evaluate.py``)."""
     import json
 
-    from tabserve.artifacts import model_dir, verify_model_dir
+    from tabserve.score.evaluate import evaluate_file
 
-    module = importlib.import_module(TRAINERS[args.model])
-    verified = verify_model_dir(model_dir(Path(args.models), args.model, args.version))
-    if "shipped_in_sample" not in verified.manifest.metrics:
-        raise TabserveError(
-            f"{args.model} {verified.manifest.version} was made by tabserve build: its test figures per pattern are "
-            "in its manifest (metrics.test) and MODEL_CARD.md; evaluate re-scores the legacy trainer's versions "
-            "(--version 2.0.0)"
-        )
-    report = module.evaluate(verified, Path(args.data) if args.data else None)
-    print(json.dumps(report, indent=2))
+    report = evaluate_file(
+        Path(args.models),
+        args.model,
+        args.version,
+        Path(args.data),
+        target=args.target,
+        levels=args.level,
+        every_pattern=args.every_pattern,
+        batch_rows=args.batch_rows,
+    )
+    text = json.dumps(report, indent=2, ensure_ascii=False)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        print(text)
     return 0
 
 
@@ -346,29 +329,38 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train, calibrate, evaluate and export a model version")
     from tabserve.training.build.shipped import spec_models  # standard library only: nothing of the build
 
-    train.add_argument("model", choices=sorted([*TRAINERS, *spec_models()]))
+    train.add_argument("model", choices=sorted(spec_models()))
     train.add_argument(
         "--data", help="folder with the training CSVs (co2; penguins: a CSV or its folder, default the bundled one)"
     )
     train.add_argument("--out", default=str(DEFAULT_MODELS), help="models root (default: models)")
-    train.add_argument("--version", help="default: the next minor, never overwritten (co2 --legacy: 1.0.0)")
+    train.add_argument("--version", help="default: the next minor, never overwritten")
     train.add_argument("--seed", type=int, help="random seed (default: the one the bundled models used)")
     train.add_argument("--extra", help="exported prediction log with feedback to add to training")
-    train.add_argument("--no-plots", action="store_true", help="skip the model card's PNG plots (co2 --legacy)")
-    train.add_argument(
-        "--legacy", action="store_true", help="co2: the model-specific trainer of co2 2.0.0 (default: the spec)"
-    )
     train.set_defaults(func=_cmd_train)
 
     from tabserve.training.build.arguments import add_build_parser  # argparse only: nothing of the build is imported
 
     add_build_parser(sub, _cmd_build, str(DEFAULT_MODELS))
 
-    evaluate = sub.add_parser("evaluate", help="re-score a committed model version on the data and print metrics")
-    evaluate.add_argument("model", choices=sorted(TRAINERS))
-    evaluate.add_argument("--data", help="folder with the training CSVs (co2)")
-    evaluate.add_argument("--models", default=str(DEFAULT_MODELS), help="models root (default: models)")
+    evaluate = sub.add_parser(
+        "evaluate", help="re-score a model version on a labelled CSV/Parquet file: metrics and coverage per pattern"
+    )
+    evaluate.add_argument("model", help="model name (a folder under --models)")
+    evaluate.add_argument("--data", required=True, help="CSV or Parquet file with the inputs and the true value")
+    evaluate.add_argument("--target", help="the column with the true value (default: the model's output name)")
     evaluate.add_argument("--version", help="default: newest")
+    evaluate.add_argument("--models", default=str(DEFAULT_MODELS), help="models root (default: models)")
+    evaluate.add_argument(
+        "--level", type=float, action="append", help="confidence level, repeatable (default: the manifest's levels)"
+    )
+    evaluate.add_argument(
+        "--every-pattern",
+        action="store_true",
+        help="score every row once per missing-input pattern, its absent inputs blanked (default: rows as given)",
+    )
+    evaluate.add_argument("--batch-rows", type=int, default=65_536, help="rows per batch (default 65536)")
+    evaluate.add_argument("--out", help="write the JSON report here (default: standard output)")
     evaluate.set_defaults(func=_cmd_evaluate)
 
     export = sub.add_parser("export", help="the prediction log joined with feedback, in the training layout")
@@ -413,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: commands that need an optional extra (``pyproject.toml``): a missing module is named with the install line
-_EXTRA_OF_COMMAND = {"train": "train", "build": "train", "evaluate": "train", "score": "score"}
+_EXTRA_OF_COMMAND = {"train": "train", "build": "train", "evaluate": "score", "score": "score"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -115,9 +115,9 @@ class Confidence:
         """A batch's answers from the raw outputs, its rows' conformal patterns, flags and warnings."""
         if self.task == "regression":
             interval = self.regression_batch(raw, patterns, level)
-            return BatchAnswers(level, self.unit, out_of_distribution, runs, interval=interval)
+            return BatchAnswers(level, self.unit, out_of_distribution, runs, interval=interval, patterns=patterns)
         classified = self.classification_batch(raw, patterns, level)
-        return BatchAnswers(level, self.unit, out_of_distribution, runs, classified=classified)
+        return BatchAnswers(level, self.unit, out_of_distribution, runs, classified=classified, patterns=patterns)
 
     def classification_batch(
         self, probabilities: npt.NDArray[np.float32], patterns: list[str], level: float
@@ -165,6 +165,8 @@ class BatchAnswers:
     classified: list[dict[str, Any]] | None = None
     effective: dict[str, float] | None = None
     """Adaptive levels only: the effective level served per conformal pattern (rounded to 6 places)."""
+    patterns: list[str] | None = None
+    """The conformal pattern (``ConformalSpec.pattern_inputs`` given or not) each row's confidence came from."""
     _dicts: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     @property

@@ -61,6 +61,8 @@ class Scored:
     rejects: pa.RecordBatch
     warned: int
     out_of_distribution: int
+    patterns: list[str]
+    """The conformal pattern each scored row was answered with (``BatchAnswers.patterns``), in output order."""
 
 
 class BatchScorer:
@@ -97,25 +99,27 @@ class BatchScorer:
                 out[unit.input] = unit_values(batch.column(unit.column), unit, checker)
         return out
 
-    def _answer(self, columns: dict[str, Any], rows: int) -> BatchAnswers:
+    def _answer(self, columns: dict[str, Any], rows: int, level: float) -> BatchAnswers:
         result = self.service.predict_instances(
             self.model.name,
             ColumnRows(columns, rows),
             request_id=REQUEST_ID,
-            level=self.level,
+            level=level,
             version=self.model.version,
         )
         return result.answers
 
-    def score(self, batch: pa.RecordBatch, first_row: int) -> Scored:
-        """Score a batch whose first row is the file's data row ``first_row`` (0-based; rejects say 1-based)."""
+    def score(self, batch: pa.RecordBatch, first_row: int, level: float | None = None) -> Scored:
+        """Score a batch whose first row is the file's data row ``first_row`` (0-based; rejects say 1-based), at
+        the scorer's level or at ``level`` (one of the manifest's)."""
         rows = batch.num_rows
         if rows == 0:
-            return Scored(_empty(self.output_schema), _empty(self.rejects_schema), 0, 0)
+            return Scored(_empty(self.output_schema), _empty(self.rejects_schema), 0, 0, [])
+        chosen = self.level if level is None else level
         columns = self._columns(batch)
         kept = batch
         try:
-            answers = self._answer(columns, rows)
+            answers = self._answer(columns, rows, chosen)
             rejects = _empty(self.rejects_schema)
         except RequestValidationError:
             columns = {name: listed(col) for name, col in columns.items()}  # row by row: request values
@@ -123,14 +127,15 @@ class BatchScorer:
             good = [i for i in range(rows) if i not in problems]
             rejects = self._rejects(batch, problems, first_row)
             if not good:
-                return Scored(_empty(self.output_schema), rejects, 0, 0)
+                return Scored(_empty(self.output_schema), rejects, 0, 0, [])
             kept = batch.take(pa.array(good, pa.int64()))
-            answers = self._answer({name: [col[i] for i in good] for name, col in columns.items()}, len(good))
+            answers = self._answer({name: [col[i] for i in good] for name, col in columns.items()}, len(good), chosen)
         output = pa.RecordBatch.from_arrays(
             [*kept.columns, *answer_columns(self.model, answers)], schema=self.output_schema
         )
         warned = len({i for run_rows, _ in answers.runs for i in run_rows})
-        return Scored(output, rejects, warned, int(np.count_nonzero(answers.out_of_distribution)))
+        ood = int(np.count_nonzero(answers.out_of_distribution))
+        return Scored(output, rejects, warned, ood, answers.patterns or [""] * answers.rows)
 
     def _problems(self, columns: dict[str, list[Any]], rows: int) -> dict[int, list[FieldError]]:
         """Every invalid row's problems, from the single-instance checks (the same checks, row by row)."""

@@ -175,32 +175,6 @@ def plot_coverage_by_level(
     return _save(fig, path)
 
 
-def plot_coverage_by_origin(
-    path: Path,
-    coverage: Mapping[str, Mapping[int, float]],
-    level: float,
-    band: tuple[float, float],
-    title: str = "Rolling-origin backtest: coverage by origin",
-) -> Path:
-    """One line per input pattern (label -> {origin year: empirical coverage at ``level``}), the target band shaded."""
-    fig = _figure()
-    ax = fig.add_subplot()
-    origins = sorted({origin for table in coverage.values() for origin in table})
-    if origins:
-        ax.axhspan(band[0], band[1], color="0.9", label=f"target band {band[0]:g}–{band[1]:g}")
-        ax.axhline(level, color="black", linewidth=1, label=f"nominal {level:g}")
-    markers = "osD^v<>"
-    for index, (label, table) in enumerate(coverage.items()):
-        xs = sorted(table)
-        ax.plot(xs, [table[x] for x in xs], marker=markers[index % len(markers)], label=label)
-    ax.set_xticks(origins)
-    ax.set_xlabel("origin (fitted on earlier years, tested on this model year)")
-    ax.set_ylabel(f"empirical coverage at {level:g}")
-    ax.set_title(title)
-    ax.legend(fontsize="small")
-    return _save(fig, path)
-
-
 def reliability_bins(
     probabilities: npt.ArrayLike, labels: npt.ArrayLike, bins: int = 15
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.int64]]:

@@ -1,4 +1,4 @@
-"""co2 training data: reading the NRCan files, canonical spellings, de-duplication and outlier flags.
+"""co2 training data: reading the NRCan files, canonical spellings, de-duplication, the table the build reads.
 
 Owns everything that turns the raw CSVs (1995–2014 5-cycle merge, official 2015–2020 and 2021–2022 files,
 each checked against its published sha256, and an optional ``--extra`` file in the official 2015+ layout)
@@ -9,8 +9,10 @@ into one tidy frame with canonical values:
 - vehicle class: the official (2015+) scheme, normalised; the pre-2015 labels that differ become aliases;
   the pre-2013 unsplit ``SUV`` stays its own category (it cannot be split honestly); ``UL`` (one row, no
   meaning published) becomes ``None`` = the unknown code;
-- exact duplicates after canonicalisation are dropped;
-- ``outlier`` flags rows whose CO₂ does not fit combined consumption × the fuel's median factor.
+- exact duplicates after canonicalisation are dropped.
+
+``write_table`` writes the result as the one CSV that ``training/specs/co2.toml`` and the generic build read
+(``tabserve train co2``); everything else about the model is in that spec.
 """
 
 from __future__ import annotations
@@ -73,11 +75,6 @@ COMB = "fuel_consumption_comb_l_per_100km"
 CONSUMPTION = (CITY, HWY, COMB)
 TARGET = "co2"
 
-OUTLIER_TOLERANCE = 0.07
-"""A row is an outlier when CO₂ / combined consumption is more than 7 % away from its fuel's median factor
-(the published factors vary by ≈ ±2 % within a fuel; the README's ``GLA 250 4MATIC`` E row is −33 %)."""
-
-FUEL_CODES = ("X", "Z", "D", "E", "N")
 FUEL_ALIASES: dict[str, str] = {
     "REGULAR": "X",
     "REGULAR GASOLINE": "X",
@@ -99,14 +96,6 @@ FUEL_ALIASES: dict[str, str] = {
     "CNG": "N",
     "COMPRESSED NATURAL GAS": "N",
 }
-FUEL_NAMES = {
-    "X": "regular gasoline",
-    "Z": "premium gasoline",
-    "D": "diesel",
-    "E": "ethanol (E85)",
-    "N": "natural gas",
-}
-
 LEGACY_SUV = "SPORT UTILITY VEHICLE"
 CLASS_ALIASES: dict[str, str] = {
     "SUV SMALL": "SPORT UTILITY VEHICLE SMALL",
@@ -125,7 +114,7 @@ UNKNOWN_CLASSES = frozenset({"UL"})
 @dataclass(frozen=True, slots=True)
 class LoadedData:
     frame: pd.DataFrame
-    """Canonical rows: the input columns, ``co2``, ``source``, ``outlier``, ``group`` (normalised make+model)."""
+    """Canonical rows: the input columns, ``co2``, ``source``, ``model_key`` (the normalised model name)."""
     file_rows: dict[Path, int]
     """Each file read -> its data rows (before cleaning)."""
     duplicates_dropped: int
@@ -179,14 +168,8 @@ def _canonical(raw: pd.DataFrame, source: str) -> pd.DataFrame:
     return out
 
 
-def median_factors(frame: pd.DataFrame) -> dict[str, float]:
-    """Median CO₂ / combined L/100 km per fuel (used only to flag outliers)."""
-    ratio = frame[TARGET] / frame[COMB]
-    return {str(k): float(v) for k, v in ratio.groupby(frame["fuel_type"]).median().items()}
-
-
 def load(data_dir: Path, extra: Path | None = None) -> LoadedData:
-    """All rows of the three NRCan files (+ the extra file), canonical, de-duplicated, outliers flagged."""
+    """All rows of the three NRCan files (+ the extra file), canonical and de-duplicated."""
     parts: list[pd.DataFrame] = []
     file_rows: dict[Path, int] = {}
     for name in DATA_FILES:
@@ -211,55 +194,8 @@ def load(data_dir: Path, extra: Path | None = None) -> LoadedData:
     before = len(frame)
     frame = frame.drop_duplicates(subset=key_columns, keep="first").reset_index(drop=True)
     duplicates = before - len(frame)
-    frame["group"] = frame["make"] + " | " + frame["model_key"]
-    factors = median_factors(frame[frame[COMB].notna()])
-    expected = frame[COMB] * frame["fuel_type"].map(factors)
-    deviation = (frame[TARGET] / expected - 1.0).abs()
-    frame["outlier"] = (deviation > OUTLIER_TOLERANCE).fillna(False).astype(bool)
     return LoadedData(
         frame=frame, file_rows=file_rows, duplicates_dropped=duplicates, unknown_class_rows=unknown_class_rows
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class TemporalSplit:
-    train: pd.DataFrame
-    """Every model year given (≤ 2022, outliers dropped, ``--extra`` rows included): the shipped model."""
-    calibration_train: pd.DataFrame
-    """Training rows of the calibration sibling: one year staler (≤ 2021)."""
-    calibration: pd.DataFrame
-    """The newest model year (2022), scored by the sibling: horizon-1 conformal scores."""
-    test: pd.DataFrame
-    """The newest model year again: held out from the sibling only (the sibling's honest test year)."""
-
-
-TRAIN_LAST_YEAR = 2022
-CALIBRATION_TRAIN_LAST_YEAR = TRAIN_LAST_YEAR - 1
-CALIBRATION_YEARS = (TRAIN_LAST_YEAR,)
-TEST_FIRST_YEAR = TRAIN_LAST_YEAR
-
-
-def temporal_split(frame: pd.DataFrame) -> TemporalSplit:
-    """Train on 1995–2022; calibrate with the newest year (2022) scored by a sibling fitted on ≤ 2021.
-
-    Calibration from the newest years (``co2_backtest``): the served model meets vehicles one or two model
-    years newer than its newest training year, so its conformal scores are horizon-1 scores of the newest
-    year it knows, measured by a sibling that had not seen that year. The rolling-origin backtest replays
-    exactly this rule at origins 2018–2022 and chooses the score; 2022 is therefore the sibling's test year,
-    not the shipped model's (which is fitted on it).
-    Rows from ``--extra`` always join training (they are feedback).
-    Outliers are dropped from training only; calibration and test keep them (that is what serving sees).
-    """
-    year = frame["model_year"]
-    extra = frame["source"] == "extra"
-    train = frame[((year <= TRAIN_LAST_YEAR) | extra) & ~frame["outlier"]]
-    calibration_train = frame[(year <= CALIBRATION_TRAIN_LAST_YEAR) & ~extra & ~frame["outlier"]]
-    calibration = frame[year.isin(CALIBRATION_YEARS) & ~extra]
-    return TemporalSplit(
-        train=train.reset_index(drop=True),
-        calibration_train=calibration_train.reset_index(drop=True),
-        calibration=calibration.reset_index(drop=True),
-        test=calibration.reset_index(drop=True),
     )
 
 
@@ -279,8 +215,9 @@ TABLE_TARGET = "co2_emissions"
 
 
 def write_table(data_dir: Path, extra: Path | None, out: Path) -> list[tuple[Path, int]]:
-    """The canonical table (every row ``load`` keeps, outliers included: serving meets them too) as one CSV for the
-    generic build (``training/specs/co2.toml``); returns the published files read, with their rows."""
+    """The canonical table as one CSV for the generic build (``training/specs/co2.toml``): every row ``load``
+    keeps, those whose CO₂ does not fit their fuel figures too (serving meets them). Returns the files read, with
+    their rows."""
     data = load(data_dir, extra)
     table = data.frame[[*TABLE_COLUMNS, TARGET]].rename(columns={TARGET: TABLE_TARGET})
     table = table.astype({"model_year": "int64", "cylinders": "int64"})  # counts: served as integers

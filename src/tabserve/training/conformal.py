@@ -60,17 +60,3 @@ def lac_sets(probabilities: npt.ArrayLike, q: float) -> npt.NDArray[np.bool_]:
 def coverage(inside: Sequence[bool] | npt.NDArray[np.bool_]) -> float:
     arr = np.asarray(inside, dtype=bool)
     return float(arr.mean()) if arr.size else math.nan
-
-
-def weighted_conformal_quantile(scores: npt.ArrayLike, weights: npt.ArrayLike, level: float) -> float:
-    """Weighted split-conformal quantile (Barber et al. 2023, conformal prediction beyond exchangeability):
-    the smallest score whose cumulative normalised weight reaches ``level``, the test point taking weight 1
-    (as the newest calibration rows) at +inf. Equal weights give ``conformal_quantile``."""
-    arr = np.asarray(scores, dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64)
-    if arr.size == 0:
-        return math.inf
-    order = np.argsort(arr, kind="stable")
-    cumulative = np.cumsum(w[order]) / (float(w.sum()) + 1.0)
-    index = int(np.searchsorted(cumulative, level - 1e-12))
-    return float(arr[order][index]) if index < arr.size else math.inf
