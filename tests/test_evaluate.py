@@ -141,6 +141,7 @@ def test_classification_figures_agree_with_the_scored_file(tmp_path: Path, capsy
             [],
             "no row could be judged (344 rows read, 2 rejected, 342 without a true value",
         ),
+        (lambda f: f, ["--out", "/nonexistent/r.json"], "--out /nonexistent/r.json: No such file or directory"),
         (lambda f: f, ["--level", "0.77"], "level 0.77 is not available; allowed levels: 0.5, 0.8, 0.9, 0.95, 0.99"),
     ],
 )

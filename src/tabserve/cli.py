@@ -144,6 +144,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "timeout_keep_alive": 30,
     }
     if settings.workers > 1:
+        from tabserve.worker_reloads import WorkerReloads
+
+        WorkerReloads.clear(settings.data_dir)  # reloads ordered by an earlier server's workers are not this one's
         signal.signal(signal.SIGTERM, lambda *_: None)
         uvicorn.run("tabserve.api.app:create_app", factory=True, workers=settings.workers, **common)  # type: ignore[arg-type]
         return 0
@@ -261,7 +264,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     text = json.dumps(report, indent=2, ensure_ascii=False)
     if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        try:
+            Path(args.out).write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise TabserveError(f"--out {args.out}: {exc.strerror or exc}") from exc
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         print(text)

@@ -44,6 +44,7 @@ from tabserve.registry import ModelRegistry, ModelState
 from tabserve.service import PredictionService
 from tabserve.store.base import open_store
 from tabserve.store.log import PredictionLog
+from tabserve.worker_reloads import POLL_S, WorkerReloads
 
 SPILL_FILE = "prediction-log.spill.jsonl"
 
@@ -99,6 +100,8 @@ def create_app(
     access_log = AccessLog(logger, settings.access_log)
     ctx = AppContext(settings, registry, service, metrics, drift, tracing, logger, admission, access_log, log)
     ctx.auth = auth
+    if settings.workers > 1:
+        ctx.reloads = WorkerReloads(settings.data_dir)
     if log is not None:
         ctx.coverage = _coverage_monitor(settings, log, metrics)
         service.adaptive = ctx.coverage.adaptive
@@ -200,6 +203,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         log_fields(ctx.logger, 50, f"cannot serve: {detail}", status="failed")
         await _close(ctx)
         raise TabserveError(f"cannot serve: {detail}")
+    follower = None
+    if ctx.reloads is not None:
+        await _apply_reload_orders(ctx, ctx.reloads, at_start=True)  # started after a reload: serve what it ordered
+        follower = asyncio.create_task(_follow_reload_orders(ctx, ctx.reloads))
     ctx.admission.install(loop)
     flusher = asyncio.create_task(_flush_access_log(ctx))
     with suppress(NotImplementedError, RuntimeError):
@@ -229,6 +236,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         with suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGHUP)
         flusher.cancel()
+        if follower is not None:
+            follower.cancel()
         ctx.admission.uninstall()
         gc.unfreeze()
         await _close(ctx, close_store=await _settle_store_readers(ctx))
@@ -246,6 +255,29 @@ async def _settle_store_readers(ctx: AppContext) -> bool:
             log_fields(ctx.logger, 30, "a coverage read is still running at shutdown: the store is left open")
             return False
     return True
+
+
+async def _apply_reload_orders(ctx: AppContext, reloads: WorkerReloads, *, at_start: bool = False) -> None:
+    """The reloads another worker was asked for (``worker_reloads.py``), applied here and acknowledged."""
+    orders = reloads.pending()
+    if not orders:
+        return
+    errors: dict[str, str] = {}
+    for order in orders:
+        try:
+            await asyncio.to_thread(ctx.registry.reload, order.model, order.wanted(at_start))
+        except TabserveError as exc:  # the registry listener logs it; the old version keeps serving here
+            errors[order.model] = exc.detail
+    reloads.applied_up_to(orders[-1].seq, errors)
+
+
+async def _follow_reload_orders(ctx: AppContext, reloads: WorkerReloads) -> None:
+    while True:
+        await asyncio.sleep(POLL_S)
+        try:
+            await _apply_reload_orders(ctx, reloads)
+        except (OSError, ValueError) as exc:  # an unreadable orders file: said, and tried again
+            log_fields(ctx.logger, 40, f"reload orders not read: {exc}", status="failed")
 
 
 async def _reload_all(ctx: AppContext) -> None:

@@ -20,6 +20,7 @@ from tabserve.observability.tracing import Tracing
 from tabserve.registry import ModelRegistry
 from tabserve.service import PredictionService
 from tabserve.store.log import PredictionLog
+from tabserve.worker_reloads import WorkerReloads
 
 
 @dataclass(slots=True)
@@ -39,6 +40,8 @@ class AppContext:
     """Realised coverage from feedback (None when the prediction log is off)."""
     auth: Authenticator | None = None
     """The API keys and the credential each route needs (``api/auth.py``)."""
+    reloads: WorkerReloads | None = None
+    """Several workers: the reload orders they share (``worker_reloads.py``); None with one worker."""
     store_readers: set[asyncio.Future[Any]] = field(default_factory=set)
     """Background reads of the prediction log in worker threads (coverage refresh): awaited before the store
     closes at shutdown (a SQLite connection closed under a reading thread crashes the process)."""
