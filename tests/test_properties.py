@@ -10,6 +10,7 @@ other exception.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pytest
@@ -17,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import MODELS
+from tabserve.api.openapi_inputs import CATEGORY_PATTERN
 from tabserve.artifacts import verify_model_dir
 from tabserve.errors import RequestValidationError
-from tabserve.features.text import normalise_key
+from tabserve.features.text import normalise_key, served_key
 from tabserve.features.units import FAMILIES, FUEL_CONSUMPTION, UnitFamily
 from tabserve.features.validation import InstanceValidator
 from tabserve.manifest import Manifest
@@ -80,6 +82,16 @@ def test_normalise_key_is_idempotent_and_case_free(text: str) -> None:
     assert normalise_key(text.lower()) == normalise_key(text.upper()) or text.lower().upper() != text.upper()
     assert key == key.strip()
     assert "  " not in key
+
+
+@PROPERTY_SETTINGS
+@given(text=odd_text)
+def test_a_category_is_blank_exactly_when_the_openapi_pattern_says_so_in_either_dialect(text: str) -> None:
+    """ECMA-262 reads ``\\W`` over ASCII only (schemathesis too: ``re.ASCII``), Python over every script: the
+    pattern means the same in both, and the validator refuses a value as blank exactly when it does not match."""
+    ecma = re.search(CATEGORY_PATTERN, text, re.ASCII) is not None
+    assert ecma == (re.search(CATEGORY_PATTERN, text) is not None)
+    assert ecma == bool(served_key(text))
 
 
 def names_only(error: RequestValidationError, name: str) -> bool:

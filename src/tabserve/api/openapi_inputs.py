@@ -18,9 +18,12 @@ from tabserve.features.fields import is_boolean_category
 from tabserve.features.units import FAMILIES
 from tabserve.manifest import CategoryInput, Manifest, NumericInput
 
-CATEGORY_PATTERN = r"[^\W_]"
-"""A category's normalised key keeps letters and digits of any script (Python's ``\\w`` less ``_``; an ECMA-262
-reader takes ``\\W`` as ASCII-only, so it is stricter there): a value without one is blank (422)."""
+CATEGORY_PATTERN = r"[^\W_]|[^\x00-\x7F]"
+"""A category value must hold an ASCII letter or digit, or any character beyond ASCII; else it is blank (422). The
+pattern means the same in ECMA-262 (``\\W`` over ASCII only) and in Python (``\\W`` over every script, but a
+letter of another script is beyond ASCII anyway), and the validator agrees (``features.text.served_key``): a value
+of symbols beyond ASCII only is an unseen category, answered with a warning. (``[^\\W_]`` alone was Python's
+reading only: an ECMA-262 validator refused "Москва", and schemathesis sent "óÊ¢" expecting a refusal.)"""
 TEXT_PATTERN = r"[^\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 """A character ``str.strip`` keeps (Python's whitespace, which is not ECMA-262's ``\\s``): text of only those is
 blank (422)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tabserve.errors import FieldError
-from tabserve.features.text import normalise_key
+from tabserve.features.text import normalise_key, served_key
 from tabserve.features.units import FAMILIES, UnitFamily
 from tabserve.manifest import CategoryInput, InputSpec, NumericInput, TextInput
 
@@ -204,7 +204,7 @@ class CategoryField:
         value = self._values.get(raw)
         if value is not None:
             return value, raw not in self._unseen
-        key = normalise_key(raw)
+        key = served_key(raw)
         canonical = self._table.get(key)
         if key:  # a blank spelling is cheap to normalise again, and must stay out of the fast paths
             if len(self._values) >= _CATEGORY_CACHE_MAX:

@@ -17,3 +17,14 @@ def normalise_key(value: str) -> str:
     if not value.isascii():
         value = unicodedata.normalize("NFKC", value)
     return _SEPARATORS.sub(" ", value.upper()).strip()
+
+
+def served_key(value: str) -> str:
+    """The key a served category value is looked up by: ``normalise_key``, except that a value with a character
+    beyond ASCII is never blank. A value of symbols only (``"€"``, ``"\u00a0"``) is then an unseen category
+    (answered, with a warning) rather than a missing one, which is what the OpenAPI pattern
+    (``api/openapi_inputs.CATEGORY_PATTERN``) says in every regular-expression dialect."""
+    key = normalise_key(value)
+    if key or value.isascii():
+        return key
+    return unicodedata.normalize("NFKC", value).upper().strip() or value
