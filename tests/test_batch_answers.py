@@ -249,3 +249,20 @@ def test_infer_route_of_the_framework_answers_as_the_fast_layer(make_client: Any
     assert routed.status_code == fast.status_code == 200
     assert routed.json() == fast.json()
     assert broken.status_code == 400 and "malformed JSON" in broken.json()["error"]
+
+
+def test_a_floor_bounds_single_and_batch_answers_alike() -> None:
+    """``RegressionOutput.floor``: no prediction or bound below it, the same for one row as for a batch."""
+    from tabserve.confidence import Confidence
+
+    confidence = Confidence("regression", "absolute", (0.9,), {"": {0.9: 5.0}}, (), "EUR", floor=0.0)
+    raw = np.array([-1.2344, 0.5, 3.0, 40.0], dtype=np.float32)
+    preds, lower, upper = confidence.regression_batch(raw, [""] * raw.size, 0.9)
+    assert preds.tolist() == [0.0, 0.5, 3.0, 40.0]
+    assert lower.tolist() == [0.0, 0.0, 0.0, 35.0] and upper.tolist() == [5.0, 5.5, 8.0, 45.0]
+    for i, value in enumerate(raw.tolist()):
+        point = confidence.point(value)
+        assert point == preds[i]
+        assert confidence.regression(point, "", 0.9) == {"level": 0.9, "lower": lower[i], "upper": upper[i]}
+    free = Confidence("regression", "absolute", (0.9,), {"": {0.9: 5.0}}, (), "EUR")
+    assert free.point(-1.2344) == -1.234 and free.regression(-1.234, "", 0.9)["lower"] == -6.234

@@ -31,6 +31,8 @@ class Confidence:
     quantiles: dict[str, dict[float, float]]
     classes: tuple[str, ...]
     unit: str
+    floor: float | None = None
+    """Regression: no prediction or bound below it (``RegressionOutput.floor``)."""
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> Confidence:
@@ -43,7 +45,7 @@ class Confidence:
         output = manifest.output
         if isinstance(output, ClassificationOutput):
             return cls("classification", conformal.score, levels, quantiles, tuple(output.classes), "")
-        return cls("regression", conformal.score, levels, quantiles, (), output.unit)
+        return cls("regression", conformal.score, levels, quantiles, (), output.unit, output.floor)
 
     @property
     def default_level(self) -> float:
@@ -72,10 +74,18 @@ class Confidence:
             ]
         )
 
+    def point(self, output: float) -> float:
+        """A regression's prediction as answered: rounded to 3 decimals, never below the floor."""
+        prediction = round(output, 3)
+        return prediction if self.floor is None or prediction >= self.floor else self.floor
+
     def regression(self, prediction: float, pattern: str, level: float) -> dict[str, Any]:
         q = self.quantiles[pattern][level]
         half = q if self.score == "absolute" else abs(prediction) * q
-        return {"level": level, "lower": round(prediction - half, 3), "upper": round(prediction + half, 3)}
+        lower, upper = round(prediction - half, 3), round(prediction + half, 3)
+        if self.floor is not None:
+            lower, upper = max(lower, self.floor), max(upper, self.floor)
+        return {"level": level, "lower": lower, "upper": upper}
 
     def classification(self, probabilities: npt.NDArray[np.float32], pattern: str, level: float) -> dict[str, Any]:
         """Probabilities by class and the LAC prediction set, most probable first (never empty)."""
@@ -95,6 +105,8 @@ class Confidence:
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Vectorised ``regression`` for a batch: rounded predictions, lower and upper bounds (float64 arrays)."""
         preds = predictions.astype(np.float64).round(3)
+        if self.floor is not None:
+            preds = np.maximum(preds, self.floor)
         by_pattern = {p: table[level] for p, table in self.quantiles.items()}
         q: float | npt.NDArray[np.float64]
         if len(set(patterns)) == 1:  # the usual batch: one pattern, one quantile for every row
@@ -102,7 +114,10 @@ class Confidence:
         else:
             q = np.array(list(map(by_pattern.__getitem__, patterns)), dtype=np.float64)
         half = q if self.score == "absolute" else np.abs(preds) * q
-        return preds, np.round(preds - half, 3), np.round(preds + half, 3)
+        lower, upper = np.round(preds - half, 3), np.round(preds + half, 3)
+        if self.floor is not None:
+            lower, upper = np.maximum(lower, self.floor), np.maximum(upper, self.floor)
+        return preds, lower, upper
 
     def batch(
         self,

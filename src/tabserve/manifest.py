@@ -139,6 +139,10 @@ class RegressionOutput(_Strict):
     name: str
     description: str
     unit: str
+    floor: float | None = Field(
+        default=None,
+        description="no prediction or interval bound below this (a target that is never negative: 0); absent: none",
+    )
 
 
 class ClassificationOutput(_Strict):

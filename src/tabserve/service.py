@@ -372,7 +372,7 @@ class PredictionService:
     ) -> dict[str, Any]:
         confidence = model.confidence if confidence is None else confidence
         if confidence.task == "regression":
-            prediction = round(float(output), 3)
+            prediction = confidence.point(float(output))
             return {
                 "prediction": prediction,
                 "unit": confidence.unit,

@@ -38,7 +38,8 @@ def output_schema(manifest: Manifest) -> dict[str, Any]:
     output = manifest.output
     if isinstance(output, ClassificationOutput):
         return {"task": "classification", "name": output.name, "classes": output.classes}
-    return {"task": "regression", "name": output.name, "unit": output.unit}
+    floor = {} if output.floor is None else {"floor": output.floor}
+    return {"task": "regression", "name": output.name, "unit": output.unit, **floor}
 
 
 def version_document(manifest: Manifest, *, serving: bool) -> dict[str, Any]:

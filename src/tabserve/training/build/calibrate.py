@@ -58,6 +58,25 @@ def conformal_tables(
     return levels, quantiles, {key: int(scores.size) for key, scores in by_pattern.items()}
 
 
+def floored(predict: Predict, floor: float) -> Predict:
+    """A regression's predictions never below ``floor`` (the served ``Confidence.point``)."""
+
+    def run(rows: Rows) -> npt.NDArray[Any]:
+        return np.maximum(predict(rows), floor)
+
+    return run
+
+
+def target_floor(spec_floor: float | bool | None, labels: npt.NDArray[Any]) -> float | None:
+    """The spec's floor, or 0 when no target value in the data is negative (prices, counts, emissions)."""
+    if spec_floor is False:
+        return None
+    if spec_floor is not None and spec_floor is not True:
+        return float(spec_floor)
+    values = np.asarray(labels, dtype=np.float64)
+    return 0.0 if values.size and float(np.nanmin(values)) >= 0.0 else None
+
+
 def log_loss(probabilities: npt.ArrayLike, labels: npt.ArrayLike) -> float:
     proba = np.asarray(probabilities, dtype=np.float64)
     idx = np.asarray(labels, dtype=np.int64)
@@ -126,6 +145,7 @@ def test_metrics(
     levels: Sequence[float],
     quantiles: dict[str, dict[str, float]],
     pattern_names: dict[str, str],
+    floor: float | None,
 ) -> dict[str, Any]:
     """Per pattern: error (or accuracy, log loss, ECE) and coverage with width (or set size) per level; for a
     classifier both the sets as served (never empty) and the raw LAC sets with their share of empty ones."""
@@ -153,6 +173,8 @@ def test_metrics(
                 size[level_key(level)] = float(sets.sum(axis=1).mean())
             else:
                 low, high = regression_interval(raw, q, score)
+                if floor is not None:  # as served (``Confidence.regression_batch``)
+                    low, high = np.maximum(low, floor), np.maximum(high, floor)
                 cover[level_key(level)] = coverage((rows.labels >= low) & (rows.labels <= high))
                 size[level_key(level)] = float(np.mean(high - low))
         if task == "classification":

@@ -22,7 +22,7 @@ import onnx
 
 from tabserve.artifacts import verify_model_dir
 from tabserve.errors import BuildError
-from tabserve.training.build.calibrate import ECE_BINS, class_shift, pattern_names
+from tabserve.training.build.calibrate import ECE_BINS, class_shift, pattern_names, target_floor
 from tabserve.training.build.card import write_build_card
 from tabserve.training.build.convert import default_opset
 from tabserve.training.build.graph import encode_with, ready
@@ -200,7 +200,8 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
 
     names = pattern_names(schema.pattern_inputs, spec.pattern_names)
     score = "lac" if schema.task == "classification" else spec.score
-    calibrated = calibrate(first.predict, tester, splits, schema.pattern_inputs, schema.task, score, names)
+    floor = target_floor(spec.floor, rows.labels) if schema.task == "regression" else None
+    calibrated = calibrate(first.predict, tester, splits, schema.pattern_inputs, schema.task, score, names, floor)
     levels, tests, quantiles = calibrated.levels, calibrated.tests, calibrated.quantiles
     full_key = "1" * len(schema.pattern_inputs) or "all"
     headline = tests[full_key]
@@ -260,6 +261,8 @@ def run_build(args: argparse.Namespace, stream: TextIO = sys.stderr) -> BuildRes
             output_spec["classes"] = schema.classes
         else:
             output_spec["unit"] = spec.output_unit
+            if floor is not None:
+                output_spec["floor"] = floor
         optional = set(schema.optional)
         seal(
             out,

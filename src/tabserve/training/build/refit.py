@@ -23,7 +23,7 @@ import pandas as pd
 
 from tabserve.errors import BuildError
 from tabserve.manifest import level_key
-from tabserve.training.build.calibrate import Predict, conformal_tables, test_metrics
+from tabserve.training.build.calibrate import Predict, conformal_tables, floored, test_metrics
 from tabserve.training.build.graph import Graph, ready
 from tabserve.training.build.infer import Schema
 from tabserve.training.build.sources import Servable, train_for_me
@@ -77,9 +77,14 @@ def calibrate(
     task: str,
     score: str,
     names: dict[str, str],
+    floor: float | None = None,
 ) -> Calibrated:
     """Held out when ``tester`` is None (``first`` is calibrated, tested and served); else the refit rule (``first``
-    calibrates ``tester``, which is tested, and whose test-period scores are published)."""
+    calibrates ``tester``, which is tested, and whose test-period scores are published). A regression ``floor``
+    applies to every prediction and bound, as serving applies it."""
+    if floor is not None:
+        first = floored(first, floor)
+        tester = None if tester is None else floored(tester, floor)
     levels, quantiles, cal_rows = conformal_tables(first, splits.calibration, pattern_inputs, task, score)
     tested, published, published_rows = first, quantiles, cal_rows
     if tester is not None:
@@ -89,7 +94,7 @@ def calibrate(
     if not levels:
         where = "test" if tester is not None else "calibration"
         raise BuildError(f"the {where} split is too small for any confidence level: rows per pattern {published_rows}")
-    tests = test_metrics(tested, splits.test, pattern_inputs, task, score, levels, quantiles, names)
+    tests = test_metrics(tested, splits.test, pattern_inputs, task, score, levels, quantiles, names, floor)
     return Calibrated(
         levels=levels,
         quantiles={key: {level_key(lv): table[level_key(lv)] for lv in levels} for key, table in published.items()},

@@ -15,6 +15,8 @@ estimator = "lightgbm"           # train-for-me: "lightgbm" (default), "linear" 
 proportional_to = ["fuel_l"]     # per_pattern regression: the target is modelled as a ratio to a weighted sum of
                                  # these numbers (those a request gives), e.g. CO2 to fuel burnt
 score = "absolute"               # regression intervals: "absolute" (± q) or "relative" (× (1 ± q))
+floor = 0                        # regression: no prediction or interval below this (default: 0 when every target
+                                 # in the data is ≥ 0; false: none)
 output_unit = "EUR"
 output_description = "Sale price"
 pattern_names = { "1" = "with garage", "0" = "no garage" }  # names of the patterns (keys: 1 given, 0 absent)
@@ -64,6 +66,7 @@ _MODEL_KEYS = frozenset(
         "output_unit",
         "output_description",
         "pattern_names",
+        "floor",
     }
 )
 ESTIMATORS = ("lightgbm", "linear", "per_pattern")
@@ -111,6 +114,8 @@ class BuildSpec:
     output_unit: str = ""
     output_description: str | None = None
     pattern_names: dict[str, str] = field(default_factory=dict)
+    floor: float | bool | None = None
+    """Regression: the lowest value answered; None infers 0 for a target never negative in the data, False none."""
     columns: dict[str, ColumnSpec] = field(default_factory=dict)
     calibration_share: float = DEFAULT_CALIBRATION_SHARE
     test_share: float = DEFAULT_TEST_SHARE
@@ -252,6 +257,11 @@ def parse_spec(text: str, source: str = "spec") -> BuildSpec:
     names = model.get("pattern_names", {})
     if not isinstance(names, dict) or not all(isinstance(v, str) and v.strip() for v in names.values()):
         raise BuildError(f'{source}: [model] pattern_names must map pattern keys such as "10" to names')
+    floor = model.get("floor")
+    if floor is True or not (floor is None or floor is False or isinstance(floor, int | float)):
+        raise BuildError(f"{source}: [model] floor must be a number or false, not {floor!r}")
+    if floor not in (None, False) and task == "classification":
+        raise BuildError(f"{source}: [model] floor is for a regression")
     columns = raw.get("columns", {})
     if not isinstance(columns, dict):
         raise BuildError(f"{source}: [columns] must hold one table per column")
@@ -272,6 +282,7 @@ def parse_spec(text: str, source: str = "spec") -> BuildSpec:
         output_unit=str(model.get("output_unit", "")),
         output_description=model.get("output_description"),
         pattern_names={str(k): str(v) for k, v in names.items()},
+        floor=floor if floor is None or floor is False else float(floor),
         columns={name: _column(name, value) for name, value in columns.items()},
         calibration_share=calibration_share,
         test_share=test_share,
