@@ -103,3 +103,27 @@ def test_orders_and_acknowledgements(tmp_path: Path) -> None:
     assert first.acks(later).done == 1
     WorkerReloads.clear(tmp_path)
     assert WorkerReloads(tmp_path).pending() == [] and first.acks(1).done == 0
+
+
+def test_a_reload_the_other_workers_do_not_confirm_is_partial(
+    make_client: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process (one worker claiming two): nobody acknowledges within the wait, then the order cannot be written
+    at all (a full disk): this worker serves the version either way and the answer says what the others do."""
+    from tabserve.api import routes_admin
+
+    client = make_client(workers=2, admin_token=TOKEN)
+    monkeypatch.setattr(routes_admin, "WORKERS_WAIT_S", 0.3)
+    unconfirmed = client.post("/admin/reload", json={"model": "penguins"}, headers=AUTH)
+    assert unconfirmed.status_code == 200, unconfirmed.text
+    body = unconfirmed.json()
+    assert (body["status"], body["workers"], body["worker_errors"]) == ("partial", {"serving": 1, "of": 2}, [])
+
+    def full(*_: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(WorkerReloads, "publish", full)
+    unwritten = client.post("/admin/reload", json={"model": "penguins"}, headers=AUTH)
+    assert unwritten.status_code == 200, unwritten.text
+    assert unwritten.json()["worker_errors"] == ["the reload order could not be written: No space left on device"]
+    assert unwritten.json()["status"] == "partial" and unwritten.json()["version"] == "1.1.0"

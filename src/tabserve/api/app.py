@@ -276,7 +276,7 @@ async def _follow_reload_orders(ctx: AppContext, reloads: WorkerReloads) -> None
         await asyncio.sleep(POLL_S)
         try:
             await _apply_reload_orders(ctx, reloads)
-        except (OSError, ValueError) as exc:  # an unreadable orders file: said, and tried again
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # an unreadable orders file: said, tried again
             log_fields(ctx.logger, 40, f"reload orders not read: {exc}", status="failed")
 
 

@@ -40,9 +40,13 @@ async def reload_model(item: ReloadRequest, ctx: ContextDep) -> Response:
     }
     if ctx.reloads is not None:
         workers = ctx.settings.workers
-        acks = await _other_workers(
-            ctx.reloads, workers, ctx.reloads.publish(model.name, model.version, item.version is None)
-        )
+        try:
+            seq = await asyncio.to_thread(ctx.reloads.publish, model.name, model.version, item.version is None)
+        except OSError as exc:  # the data dir not writable (full): this worker serves it, the others cannot know
+            body |= {"status": "partial", "workers": {"serving": 1, "of": workers}}
+            body["worker_errors"] = [f"the reload order could not be written: {exc.strerror or exc}"]
+            return Response(orjson.dumps(body), media_type="application/json")
+        acks = await _other_workers(ctx.reloads, workers, seq)
         body["workers"] = {"serving": 1 + acks.done - len(acks.errors), "of": workers}
         if acks.errors or 1 + acks.done < workers:
             body["status"] = "partial"  # this worker serves it; the others' reasons, or not yet within the wait
