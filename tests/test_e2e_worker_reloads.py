@@ -127,3 +127,12 @@ def test_a_reload_the_other_workers_do_not_confirm_is_partial(
     assert unwritten.status_code == 200, unwritten.text
     assert unwritten.json()["worker_errors"] == ["the reload order could not be written: No space left on device"]
     assert unwritten.json()["status"] == "partial" and unwritten.json()["version"] == "1.1.0"
+
+
+def test_a_damaged_orders_file_does_not_stop_a_worker(make_client: Callable[..., Any], tmp_path: Path) -> None:
+    data = tmp_path / "damaged"
+    data.mkdir()
+    (data / "reloads.json").write_text('{"seq": 3, "models": {"penguins": {"seq": "x"', encoding="utf-8")
+    client = make_client(workers=2, admin_token=TOKEN, data_dir=data)
+    assert client.get("/ready").status_code == 200
+    assert client.get("/models/penguins").json()["version"] == "1.1.0"

@@ -205,7 +205,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise TabserveError(f"cannot serve: {detail}")
     follower = None
     if ctx.reloads is not None:
-        await _apply_reload_orders(ctx, ctx.reloads, at_start=True)  # started after a reload: serve what it ordered
+        try:  # started after a reload: serve what it ordered
+            await _apply_reload_orders(ctx, ctx.reloads, at_start=True)
+        except ORDERS_UNREADABLE as exc:  # the configured versions serve; the follower tries again
+            log_fields(ctx.logger, 40, f"reload orders not read: {exc}", status="failed")
         follower = asyncio.create_task(_follow_reload_orders(ctx, ctx.reloads))
     ctx.admission.install(loop)
     flusher = asyncio.create_task(_flush_access_log(ctx))
@@ -271,12 +274,16 @@ async def _apply_reload_orders(ctx: AppContext, reloads: WorkerReloads, *, at_st
     reloads.applied_up_to(orders[-1].seq, errors)
 
 
+ORDERS_UNREADABLE = (OSError, ValueError, KeyError, TypeError)
+"""What a damaged or half-readable ``reloads.json`` raises: logged, never fatal to a worker."""
+
+
 async def _follow_reload_orders(ctx: AppContext, reloads: WorkerReloads) -> None:
     while True:
         await asyncio.sleep(POLL_S)
         try:
             await _apply_reload_orders(ctx, reloads)
-        except (OSError, ValueError, KeyError, TypeError) as exc:  # an unreadable orders file: said, tried again
+        except ORDERS_UNREADABLE as exc:  # an unreadable orders file: said, and tried again
             log_fields(ctx.logger, 40, f"reload orders not read: {exc}", status="failed")
 
 
