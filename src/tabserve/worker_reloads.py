@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tabserve.processes import pid_alive
+
 POLL_S = 0.25
 """How often a worker looks for new orders (one ``stat`` of a small file)."""
 ORDERS_FILE = "reloads.json"
@@ -119,7 +121,7 @@ class WorkerReloads:
             return Acks(0, {})
         for entry in self.acks_dir.glob("*.json"):
             pid = int(entry.stem) if entry.stem.isdigit() else -1
-            if pid == self.pid or not _alive(pid):
+            if pid == self.pid or not pid_alive(pid):
                 continue
             try:
                 ack = json.loads(entry.read_text(encoding="utf-8"))
@@ -137,18 +139,6 @@ class WorkerReloads:
         except FileNotFoundError:
             return {}
         return state
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -38,6 +38,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from tabserve.observability.pending import ObservationBuffer, PendingCounter, PendingHistogram
+from tabserve.processes import pid_alive
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -97,22 +98,12 @@ def _multiprocess_active() -> bool:
     return bool(getattr(values.ValueClass, "_multiprocess", False))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def mark_dead_workers(path: Path) -> list[int]:
     """Remove the live-gauge files of worker pids that no longer exist; returns those pids."""
     dead: set[int] = set()
     for file in path.glob("gauge_live*_*.db"):
         match = _DB_FILE.match(file.name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             dead.add(int(match.group(1)))
     for pid in sorted(dead):
         mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]

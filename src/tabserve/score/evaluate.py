@@ -52,6 +52,21 @@ class _Sums:
     inside: dict[float, int] = field(default_factory=dict)
     width: dict[float, float] = field(default_factory=dict)
 
+    def add(self, other: _Sums) -> None:
+        """Another pattern's sums into these (the overall line)."""
+        self.rows += other.rows
+        self.abs_error += other.abs_error
+        self.sq_error += other.sq_error
+        self.error += other.error
+        self.truth += other.truth
+        self.sq_truth += other.sq_truth
+        self.correct += other.correct
+        self.log_loss += other.log_loss
+        for level, inside in other.inside.items():
+            self.inside[level] = self.inside.get(level, 0) + inside
+        for level, width in other.width.items():
+            self.width[level] = self.width.get(level, 0.0) + width
+
     def regression(self, summary: dict[str, Any]) -> None:
         n = self.rows
         summary |= {"mae": self.abs_error / n, "rmse": math.sqrt(self.sq_error / n), "bias": self.error / n}
@@ -111,8 +126,9 @@ def _text(raw: pa.Array) -> pa.Array:
 
 
 def _is_number(text: str) -> bool:
+    """A number that is not infinite (NaN is read as no true value)."""
     try:
-        return math.isfinite(float(text)) or math.isnan(float(text))
+        return not math.isinf(float(text))
     except ValueError:
         return False
 
@@ -272,11 +288,7 @@ class Evaluation:
     def overall(self, run: _Run) -> dict[str, Any]:
         total = _Sums()
         for sums in run.sums.values():
-            for name in ("rows", "abs_error", "sq_error", "error", "truth", "sq_truth", "correct", "log_loss"):
-                setattr(total, name, getattr(total, name) + getattr(sums, name))
-            for level in self.levels:
-                total.inside[level] = total.inside.get(level, 0) + sums.inside.get(level, 0)
-                total.width[level] = total.width.get(level, 0.0) + sums.width.get(level, 0.0)
+            total.add(sums)
         if total.rows == 0:
             return {"rows": 0}
         entry: dict[str, Any] = {"rows": total.rows}
