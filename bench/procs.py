@@ -193,6 +193,17 @@ def rss_mb(pid: int, proc_root: Path = Path("/proc")) -> dict[str, float]:
     }
 
 
+def pss_mb(pid: int, proc_root: Path = Path("/proc")) -> float:
+    """Proportional set size of the process tree in MiB (``smaps_rollup``): a page shared by k processes (a fork
+    server's imports in its workers) counts 1/k in each, so the sum is the memory the tree really holds."""
+    total = 0
+    for member in process_tree(pid, proc_root):
+        with contextlib.suppress(OSError):
+            kb = parse_status_kb((proc_root / str(member) / "smaps_rollup").read_text(), "Pss")
+            total += kb or 0
+    return round(total / 1024.0, 1)
+
+
 def free_ports(n: int) -> list[int]:
     """``n`` distinct TCP ports on 127.0.0.1 that are free right now (all bound at once, then released)."""
     import socket

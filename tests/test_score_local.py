@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -17,7 +18,8 @@ import pytest
 from conftest import MODELS, REPO, TABSERVE, data_dir
 from scorefiles import co2_rows, write
 from tabserve.cli import main
-from tabserve.score.local import Options, run
+from tabserve.score.local import Options, _pool, run
+from tabserve.score.reader import BatchReader
 from tabserve.score.scorer import ModelRef
 
 CO2 = ModelRef("co2", None, MODELS)
@@ -204,3 +206,30 @@ def test_nothing_of_the_scorer_is_imported_by_the_cli_module() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=dict(os.environ)
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("rows", "batch_rows"), [(0, 10), (1, 10), (10, 10), (11, 10), (250, 7)])
+def test_most_batches_is_never_fewer_than_the_batches_read(tmp_path: Path, rows: int, batch_rows: int) -> None:
+    """The bound that caps the default worker count: exact for a Parquet file, never below the truth for a CSV,
+    even one of empty cells (one byte per column)."""
+    table = pa.table({name: pa.array([None] * rows, pa.string()) for name in "abc"})
+    pq.write_table(table, tmp_path / "in.parquet", row_group_size=max(1, batch_rows // 2))
+    pacsv.write_csv(table, tmp_path / "in.csv")
+    for name in ("in.parquet", "in.csv"):
+        reader = BatchReader(tmp_path / name, batch_rows)
+        read = sum(1 for batch in reader.batches() if batch.num_rows)
+        assert reader.most_batches() >= read
+        if name == "in.parquet":
+            assert reader.most_batches() == read
+
+
+def test_the_default_worker_count_starts_no_worker_for_a_file_of_one_batch(tmp_path: Path) -> None:
+    table = pa.table({"make": ["TOYOTA"] * 50})
+    pacsv.write_csv(table, tmp_path / "in.csv")
+    reader = BatchReader(tmp_path / "in.csv", 65_536)
+    options = Options(tmp_path / "in.csv", tmp_path / "out.csv", ModelRef("co2", None, MODELS))
+    assert options.worker_count(reader.most_batches()) == 1
+    assert Options(options.input, options.output, options.model, workers=2).worker_count(1) == 2  # asked: kept
+    with _pool(options, reader, ("csv", "csv")) as workers:
+        assert workers is None
+    assert options.worker_count(None) == (os.cpu_count() or 1)

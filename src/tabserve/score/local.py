@@ -57,8 +57,13 @@ class Options:
     def rejects_path(self) -> Path:
         return self.rejects or self.output.with_name(self.output.stem + ".rejects.csv")
 
-    def worker_count(self) -> int:
-        return self.workers if self.workers > 0 else (os.cpu_count() or 1)
+    def worker_count(self, batches: int | None = None) -> int:
+        """``workers``, or by default every core but no more processes than the file has ``batches``: a file of
+        one batch is scored in this process, sooner than a worker could start."""
+        if self.workers > 0:
+            return self.workers
+        cores = os.cpu_count() or 1
+        return cores if batches is None else max(1, min(cores, batches))
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,13 +177,13 @@ class _Workers:
 
 
 @contextmanager
-def _pool(options: Options, schema: pa.Schema, formats: tuple[str, str]) -> Iterator[_Workers | None]:
+def _pool(options: Options, reader: BatchReader, formats: tuple[str, str]) -> Iterator[_Workers | None]:
     """The worker processes (none for one worker), started at once so they load while this process does."""
-    workers = options.worker_count()
+    workers = options.worker_count(reader.most_batches())
     if workers == 1:
         yield None
         return
-    init = (options.model, options.level, schema, formats)
+    init = (options.model, options.level, reader.schema, formats)
     options.output.parent.mkdir(parents=True, exist_ok=True)
     spool = Path(tempfile.mkdtemp(prefix=f".{options.output.name}.", suffix=".spool", dir=options.output.parent))
     try:
@@ -263,7 +268,7 @@ def run(options: Options, *, stream: TextIO | None = None, tty: bool | None = No
     """Score ``options.input`` into ``options.output`` (and the rejects file); the final checkpoint."""
     formats = (file_format(options.output), file_format(options.rejects_path()))  # named before any work
     reader = BatchReader(options.input, options.batch_rows)
-    with _pool(options, reader.schema, formats) as workers:
+    with _pool(options, reader, formats) as workers:
         return _run(options, reader, workers, formats, stream, tty)
 
 

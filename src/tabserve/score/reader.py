@@ -68,6 +68,15 @@ class BatchReader:
         )
         yield from reader
 
+    def most_batches(self, skip_rows: int = 0) -> int:
+        """At most how many batches ``batches(skip_rows)`` yields: from the row count a Parquet file records, or
+        from a CSV's size (a row takes at least one byte per column: a separator, or the end of the line)."""
+        if self.total_rows is not None:
+            rows = max(0, self.total_rows - skip_rows)
+        else:
+            rows = self.path.stat().st_size // max(1, len(self.schema.names))
+        return -(-rows // self.batch_rows)
+
     def batches(self, skip_rows: int = 0) -> Iterator[pa.RecordBatch]:
         """Batches of ``batch_rows`` rows after the first ``skip_rows`` rows."""
         return _rechunk(self._raw(), self.batch_rows, skip_rows, self.schema, self.path)
