@@ -20,7 +20,7 @@ if str(REPO) not in sys.path:
 from bench import report  # noqa: E402
 from bench.bodies import EXAMPLE_VEHICLE, FIELDS, v2_pandas_request  # noqa: E402
 from bench.main import selected_sections, trim_log, with_tabserve_env  # noqa: E402
-from bench.procs import parse_status_kb, process_tree, rss_mb  # noqa: E402
+from bench.procs import parse_status_kb, process_tree, pss_mb, rss_mb  # noqa: E402
 from bench.sigterm import Outcome, classify  # noqa: E402
 from bench.targets import all_targets  # noqa: E402
 from bench.wrkresult import WrkOutputError, parse_wrk_output  # noqa: E402
@@ -340,6 +340,16 @@ def test_rss_mb_sums_the_process_tree(tmp_path: Path) -> None:
     fake_proc(tmp_path, 13, 1_024, [])
     assert sorted(process_tree(10, tmp_path)) == [10, 11, 12, 13]
     assert rss_mb(10, tmp_path) == {"tree": 81.0, "max_process": 50.0, "processes": 4.0}
+
+
+def test_pss_mb_sums_the_proportional_sizes_of_the_tree_and_skips_a_process_gone(tmp_path: Path) -> None:
+    fake_proc(tmp_path, 20, 51_200, [21, 22])
+    fake_proc(tmp_path, 21, 10_240, [])
+    (tmp_path / "20" / "smaps_rollup").write_text(
+        "00400000-7fff0000 ---p 00000000 00:00 0 [rollup]\nRss: 51200 kB\nPss: 30720 kB\n"
+    )
+    (tmp_path / "21" / "smaps_rollup").write_text("Rss: 10240 kB\nPss: 2048 kB\n")
+    assert pss_mb(20, tmp_path) == 32.0  # 22 is gone (no /proc entry): counted as nothing, not an error
 
 
 def test_parse_status_kb_missing_key_is_none() -> None:
