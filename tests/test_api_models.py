@@ -39,7 +39,7 @@ def test_models_lists_versions_and_default(client: TestClient) -> None:
     names = [m["name"] for m in body["models"]]
     assert names == sorted(list_models(MODELS))
     assert {m["name"]: m["versions"] for m in body["models"]} == {
-        "co2": ["1.0.0", "2.0.0", "3.0.0"],
+        "co2": ["1.0.0", "2.0.0", "3.0.0", "3.0.1"],
         "penguins": ["1.0.0", "1.1.0"],
     }
 
@@ -50,7 +50,7 @@ def test_model_document_has_schema_units_categories_and_example(client: TestClie
     assert inputs["engine_size_l"]["unit"] == "L" and "cc" in inputs["engine_size_l"]["units"]
     assert "X" in inputs["fuel_type"]["categories"]
     assert inputs["model_year"]["required"] is False
-    assert body["output"] == {"task": "regression", "name": "co2_emissions", "unit": "g/km"}
+    assert body["output"] == {"task": "regression", "name": "co2_emissions", "unit": "g/km", "floor": 0.0}
     assert 0.9 in body["confidence"]["levels"]
     example = body["example_request"]
     assert client.post("/predict", json=example).status_code == 200

@@ -21,7 +21,7 @@ TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
 
 def co2_example() -> dict[str, Any]:
-    manifest = json.loads((MODELS / "co2" / "3.0.0" / "manifest.json").read_text())
+    manifest = json.loads((MODELS / "co2" / "3.0.1" / "manifest.json").read_text())
     return {**manifest["example_request"], "model_year": 2022}
 
 
@@ -60,7 +60,7 @@ def test_access_log_has_cloud_logging_fields_and_no_body(tmp_path: Path, capsys:
     assert first["time"].endswith("Z")
     assert first["logging.googleapis.com/trace"] == f"projects/proj-1/traces/{TRACE_ID}"
     assert first["logging.googleapis.com/spanId"] == "00f067aa0ba902b7"
-    expected = {"request_id": "rid-1", "model": "co2", "model_version": "3.0.0", "status": 200, "rows": 1}
+    expected = {"request_id": "rid-1", "model": "co2", "model_version": "3.0.1", "status": 200, "rows": 1}
     assert expected.items() <= first.items()
     assert {"latency_ms", "preprocess_ms", "inference_ms"} <= first.keys()
     assert lines[1]["logging.googleapis.com/trace"] == f"projects/proj-1/traces/{TRACE_ID}"

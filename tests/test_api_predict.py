@@ -35,7 +35,7 @@ def test_predict_returns_interval_unit_and_model_for_one_vehicle(client: TestCli
     body = response.json()
     assert set(body) == {"prediction", "unit", "interval", "warnings", "out_of_distribution", "model", "request_id"}
     assert body["unit"] == "g/km"
-    assert body["model"] == {"name": "co2", "version": "3.0.0"}
+    assert body["model"] == {"name": "co2", "version": "3.0.1"}
     assert body["request_id"] == "abc-123" == response.headers["x-request-id"]
     interval = body["interval"]
     assert interval["level"] == 0.9

@@ -1,7 +1,8 @@
 """The shipped co2 model is its packaged spec plus the generic build: ``tabserve train co2`` rebuilds the committed
-co2 3.0.0 bit for bit from the published NRCan files, and 3.0.0 is better than 2.0.0 (the last version made by the
-co2-specific trainer) on the same 2022 rows, tested by the same rule (a sibling fitted on the years before); the
-canonical table it is built from (``training/co2_data.py``); ``tabserve evaluate`` on a committed version."""
+co2 3.0.1 bit for bit from the published NRCan files; 3.0.1 answers what 3.0.0 answered, bit for bit (the same
+trees in a leaner graph); and they are better than 2.0.0 (the last version made by the co2-specific trainer) on
+the same 2022 rows, tested by the same rule (a sibling fitted on the years before); the canonical table it is built
+from (``training/co2_data.py``); ``tabserve evaluate`` on a committed version."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import MODELS, data_dir
+from tabserve.artifacts import verify_model_dir
 from tabserve.cli import main
+from tabserve.runtime import OnnxModel
 from tabserve.training.co2_data import (
     CONSUMPTION,
     DATA_FILES,
@@ -27,7 +31,9 @@ from tabserve.training.co2_data import (
 
 pytestmark = pytest.mark.training
 
-SHIPPED = MODELS / "co2" / "3.0.0"
+SHIPPED = MODELS / "co2" / "3.0.1"
+SAME_TREES = MODELS / "co2" / "3.0.0"
+"""Sealed before the build's graph grouped rows by a counting sort (and before it recorded a floor)."""
 LEGACY = MODELS / "co2" / "2.0.0"
 
 
@@ -37,19 +43,38 @@ def _manifest(folder: Path) -> dict[str, Any]:
 
 
 def test_train_co2_rebuilds_the_committed_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["train", "co2", "--data", str(data_dir()), "--out", str(tmp_path), "--version", "3.0.0"])
+    code = main(["train", "co2", "--data", str(data_dir()), "--out", str(tmp_path), "--version", "3.0.1"])
     assert code == 0, capsys.readouterr().err
-    built = tmp_path / "co2" / "3.0.0"
+    built = tmp_path / "co2" / "3.0.1"
     assert (built / "model.onnx").read_bytes() == (SHIPPED / "model.onnx").read_bytes()
     new, old = _manifest(built), _manifest(SHIPPED)
-    for key in ("inputs", "columns", "onnx", "conformal", "example_request", "training_data", "seed"):
+    for key in ("inputs", "output", "columns", "onnx", "conformal", "example_request", "training_data", "seed"):
         assert new[key] == old[key], key
-    # 3.0.0 was sealed before a build recorded a never-negative target's floor: the one difference
-    assert new["output"] == {**old["output"], "floor": 0.0}
     assert new["metrics"]["test"] == old["metrics"]["test"]
     # the training data recorded are the published files (not the canonical table written for the build)
     assert {e["path"]: e["sha256"] for e in new["training_data"]} == DATA_SHA256
     assert not list(tmp_path.glob(".tabserve-*")), "the build's private folders are gone"
+
+
+def test_3_0_1_answers_what_3_0_0_answered_bit_for_bit_on_every_pattern() -> None:
+    """The same trees, grouped by pattern in fewer nodes: every row's answer is unchanged, alone or in a batch
+    of every pattern mixed, and so are the conformal tables and test figures (only the floor is new)."""
+    lean, sealed = verify_model_dir(SHIPPED), verify_model_dir(SAME_TREES)
+    new, old = _manifest(SHIPPED), _manifest(SAME_TREES)
+    for key in ("inputs", "columns", "conformal", "example_request", "training_data", "seed"):
+        assert new[key] == old[key], key
+    assert new["metrics"]["test"] == old["metrics"]["test"]
+    assert new["output"] == {**old["output"], "floor": 0.0}
+    rng = np.random.default_rng(3)
+    x = rng.normal(0.0, 3.0, (20_000, len(new["columns"]))).astype(np.float32)
+    fuel = [i for i, c in enumerate(new["columns"]) if c["input"].startswith("fuel_consumption")]
+    x[:, fuel] = rng.uniform(3.0, 25.0, (x.shape[0], len(fuel))).astype(np.float32)
+    for column in fuel:
+        x[rng.random(x.shape[0]) < 0.5, column] = np.nan  # every one of the 8 patterns, shuffled
+    x[rng.random(x.shape[0]) < 0.1, 0] = np.nan  # model year absent too
+    a, b = OnnxModel(lean), OnnxModel(sealed)
+    for rows in (x, x[:1], x[7:10], x[:0]):
+        assert np.array_equal(a.run(rows).view(np.uint32), b.run(rows).view(np.uint32))
 
 
 def test_3_0_0_is_better_than_2_0_0_on_every_pattern_by_the_same_rule() -> None:

@@ -20,7 +20,7 @@ PG = "postgresql://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}
 
 
 def _gauge(text: str, name: str, pattern: str) -> float | None:
-    found = re.search(rf'{name}\{{level="0.9",model="co2",pattern="{pattern}",version="3.0.0"\}} (\S+)', text)
+    found = re.search(rf'{name}\{{level="0.9",model="co2",pattern="{pattern}",version="3.0.1"\}} (\S+)', text)
     return float(found.group(1)) if found else None
 
 

@@ -27,7 +27,7 @@ def test_a_folder_added_later_is_served_on_reload(tmp_path: Path) -> None:
     copy_model(tmp_path, "co2")
     assert registry.new_on_disk() == ["co2"]
     model = registry.reload("co2")
-    assert registry.get("co2") is model and model.version == "3.0.0"
+    assert registry.get("co2") is model and model.version == "3.0.1"
     assert registry.names() == ["co2", "penguins"] and registry.ready and registry.new_on_disk() == []
 
 
@@ -36,7 +36,7 @@ def test_a_broken_new_folder_is_not_added(tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path, {}, {}, warmup=False)
     registry.load_all()
     broken = copy_model(tmp_path, "co2")
-    onnx = next((broken / "3.0.0").glob("*.onnx"))
+    onnx = next((broken / "3.0.1").glob("*.onnx"))
     onnx.write_bytes(onnx.read_bytes()[:-1] + b"\0")
     with pytest.raises(IntegrityError):
         registry.reload("co2")

@@ -53,7 +53,7 @@ def test_scores_every_row_or_rejects_it_with_its_reasons(tmp_path: Path) -> None
     assert {"out_of_range", "missing", "not_finite", "not_integer", "wrong_type"} <= codes
     first = out[0]
     assert first["model_name"] == "co2"
-    assert first["model_version"] == "3.0.0"  # the default: newest
+    assert first["model_version"] == "3.0.1"  # the default: newest
     assert first["interval_level"] == 0.9
     assert float(first["interval_lower"]) <= float(first["prediction"]) <= float(first["interval_upper"])  # type: ignore[arg-type]
     unseen = [r for r in out if r["make"] == "Zorblax"]

@@ -10,7 +10,8 @@ mask happens to leave in it. With ``proportional_to`` (regression, a positive ta
 with ``w_p`` least squares through the origin (non-negative) on the training rows: the trees learn the log ratio
 of the target to a known, roughly proportional quantity (CO₂ to fuel burnt, a claim cost to exposure), which they
 fit far better than the quantity itself. The graph computes each row's pattern code from its missing values,
-its base by one MatMul, and dispatches rows (NonZero / Gather / ScatterND) so that each runs only its own trees.
+its base by one MatMul, and groups the rows by pattern (a counting sort, one Split) so that each runs only its
+own trees.
 """
 
 from __future__ import annotations
@@ -194,75 +195,37 @@ def _const(name: str, values: Any, dtype: Any) -> onnx.TensorProto:
 
 
 def export_per_pattern(fitted: PerPattern, width: int) -> onnx.ModelProto:
-    """One graph: input ``X`` [n, width] float32, output ``prediction`` [n, 1]."""
-    mk = helper.make_node
-    k = len(fitted.presence)
-    nodes: list[onnx.NodeProto] = [mk("Shape", ["X"], ["x_shape"]), mk("Gather", ["x_shape", "zero_i"], ["n_rows"])]
+    """One graph: input ``X`` [n, width] float32, output ``prediction`` [n, 1].
+
+    Rows are grouped by pattern with a counting sort (``_pattern_code``, ``_grouped``): each row's place among
+    the rows of its pattern (a running count), after those of the patterns before it. The grouped rows are split
+    once into one slice per pattern, each slice runs its own trees, and the answers go back in input order by one
+    Gather. A fixed handful of nodes whatever the number of patterns (a single row's cost is mostly per node),
+    each row's answer the same, bit for bit, as its submodel alone gives."""
     inits = [
-        _const("zero_i", [0], np.int64),
-        _const("axis1", [1], np.int64),
         _const("flat", [-1], np.int64),
+        _const("axis0", [0], np.int64),
+        _const("axis1", [1], np.int64),
         _const("zero_f", [0.0], np.float32),
-        _const("one_col", [1], np.int64),
     ]
-    nodes += [mk("Concat", ["n_rows", "one_col"], ["column_shape"], axis=0)]
-    nodes += [mk("ConstantOfShape", ["column_shape"], ["code_0"], value=helper.make_tensor("v", 7, [1], [0]))]
-    code = "code_0"
-    for j, (column, missing) in enumerate(fitted.presence):
-        inits += [_const(f"p{j}_start", [column], np.int64), _const(f"p{j}_end", [column + 1], np.int64)]
-        inits += [_const(f"p{j}_bit", [[1 << (k - 1 - j)]], np.int64)]
-        nodes.append(mk("Slice", ["X", f"p{j}_start", f"p{j}_end", "axis1"], [f"p{j}_value"]))
-        if missing is None:
-            nodes.append(mk("IsNaN", [f"p{j}_value"], [f"p{j}_absent"]))
-        else:
-            inits.append(_const(f"p{j}_missing", [missing], np.float32))
-            nodes.append(mk("Equal", [f"p{j}_value", f"p{j}_missing"], [f"p{j}_absent"]))
-        nodes += [
-            mk("Not", [f"p{j}_absent"], [f"p{j}_given"]),
-            mk("Cast", [f"p{j}_given"], [f"p{j}_given_i"], to=TensorProto.INT64),
-            mk("Mul", [f"p{j}_given_i", f"p{j}_bit"], [f"p{j}_term"]),
-            mk("Add", [code, f"p{j}_term"], [f"code_{j + 1}"]),
-        ]
-        code = f"code_{j + 1}"
-    inits.append(_const("all_given", [[2**k - 1]], np.int64))
-    nodes.append(mk("Sub", ["all_given", code], ["pattern"]))  # [n, 1] int64: index into the pattern keys
-    raw = "raw_0"
-    nodes.append(mk("ConstantOfShape", ["column_shape"], [raw], value=helper.make_tensor("z", 1, [1], [0.0])))
-    for index, model in enumerate(fitted.models):
+    nodes, pattern = _pattern_code(fitted.presence, inits)
+    outputs: list[str] = []
+    inputs = _grouped(len(fitted.models), pattern, nodes, inits) if len(fitted.models) > 1 else ["X"]
+    for index, (model, rows) in enumerate(zip(fitted.models, inputs, strict=True)):
         converted = converted_lightgbm(model.booster, width, OPSET, ML_OPSET)
         round_thresholds_down(converted, lightgbm_thresholds(model.booster))
-        prefix = f"m{index}_"
-        tree_nodes, tree_inits, tree_out = embedded(converted.graph, prefix, f"{prefix}x")
-        inits += [*tree_inits, _const(f"{prefix}id", [[index]], np.int64)]
+        tree_nodes, tree_inits, tree_out = embedded(converted.graph, f"m{index}_", rows)
+        nodes += tree_nodes
+        inits += tree_inits
+        outputs.append(tree_out)
+    raw = outputs[0]
+    if len(outputs) > 1:
         nodes += [
-            mk("Equal", ["pattern", f"{prefix}id"], [f"{prefix}hit"]),
-            mk("Reshape", [f"{prefix}hit", "flat"], [f"{prefix}hit_1d"]),
-            mk("NonZero", [f"{prefix}hit_1d"], [f"{prefix}rows_2d"]),
-            mk("Reshape", [f"{prefix}rows_2d", "flat"], [f"{prefix}rows"]),
-            mk("Gather", ["X", f"{prefix}rows"], [f"{prefix}x"], axis=0),
-            *tree_nodes,
-            mk("Reshape", [tree_out, "column_shape_any"], [f"{prefix}out"]),
-            mk("Transpose", [f"{prefix}rows_2d"], [f"{prefix}index"], perm=[1, 0]),
-            mk("ScatterND", [raw, f"{prefix}index", f"{prefix}out"], [f"raw_{index + 1}"]),
+            helper.make_node("Concat", outputs, ["raw_grouped"], axis=0),
+            helper.make_node("Gather", ["raw_grouped", "position"], ["raw"], axis=0),  # back in input order
         ]
-        raw = f"raw_{index + 1}"
-    inits.append(_const("column_shape_any", [-1, 1], np.int64))
-    if fitted.log_link:
-        weights, bias = fitted.base_table()
-        inits += [_const("base_weights", weights, np.float32), _const("base_bias", bias, np.float32)]
-        inits += [_const("prop_index", fitted.proportional, np.int64)]
-        nodes += [
-            mk("Gather", ["X", "prop_index"], ["prop"], axis=1),
-            mk("IsNaN", ["prop"], ["prop_nan"]),
-            mk("Where", ["prop_nan", "zero_f", "prop"], ["prop_filled"]),
-            mk("MatMul", ["prop_filled", "base_weights"], ["base_all_w"]),
-            mk("Add", ["base_all_w", "base_bias"], ["base_all"]),
-            mk("GatherElements", ["base_all", "pattern"], ["base"], axis=1),
-            mk("Exp", [raw], ["ratio"]),
-            mk("Mul", ["base", "ratio"], [OUTPUT]),
-        ]
-    else:
-        nodes.append(mk("Identity", [raw], [OUTPUT]))
+        raw = "raw"
+    nodes += _answer(fitted, raw, pattern, inits)
     graph = helper.make_graph(
         nodes,
         "per_pattern",
@@ -271,6 +234,109 @@ def export_per_pattern(fitted: PerPattern, width: int) -> onnx.ModelProto:
         initializer=inits,
     )
     return sealed(graph, OPSET, ML_OPSET, "tabserve.build.per_pattern")
+
+
+def _pattern_code(
+    presence: Sequence[tuple[int, float | None]], inits: list[onnx.TensorProto]
+) -> tuple[list[onnx.NodeProto], str]:
+    """Nodes computing each row's pattern ``pattern`` [n, 1] int64, its index in ``pattern_keys`` (0: all given):
+    the given pattern inputs as bits (a number given: not NaN; a category: not its missing code), one MatMul."""
+    mk = helper.make_node
+    k = len(presence)
+    if k == 0:
+        zeros = helper.make_tensor("zero", TensorProto.INT64, [1], [0])
+        return [
+            mk("Shape", ["X"], ["x_shape"]),
+            mk("Gather", ["x_shape", "axis0"], ["n_rows"]),
+            mk("Concat", ["n_rows", "axis1"], ["column_shape"], axis=0),
+            mk("ConstantOfShape", ["column_shape"], ["pattern"], value=zeros),
+        ], "pattern"
+    nodes: list[onnx.NodeProto] = []
+    terms: list[str] = []
+    numbers = [(j, column) for j, (column, missing) in enumerate(presence) if missing is None]
+    codes = [(j, column, missing) for j, (column, missing) in enumerate(presence) if missing is not None]
+    for group, members in (("number", numbers), ("category", codes)):
+        if not members:
+            continue
+        inits.append(_const(f"{group}_columns", [m[1] for m in members], np.int64))
+        inits.append(_const(f"{group}_bits", [[float(1 << (k - 1 - m[0]))] for m in members], np.float32))
+        nodes.append(mk("Gather", ["X", f"{group}_columns"], [f"{group}_values"], axis=1))
+        if group == "number":
+            nodes.append(mk("IsNaN", [f"{group}_values"], [f"{group}_absent"]))
+        else:
+            inits.append(_const("category_missing", [[m[2] for m in codes]], np.float32))
+            nodes.append(mk("Equal", [f"{group}_values", "category_missing"], [f"{group}_absent"]))
+        nodes += [
+            mk("Not", [f"{group}_absent"], [f"{group}_given"]),
+            mk("Cast", [f"{group}_given"], [f"{group}_given_f"], to=TensorProto.FLOAT),
+            mk("MatMul", [f"{group}_given_f", f"{group}_bits"], [f"{group}_code"]),
+        ]
+        terms.append(f"{group}_code")
+    code = terms[0]
+    if len(terms) == 2:
+        nodes.append(mk("Add", terms, ["code"]))
+        code = "code"
+    inits.append(_const("all_given", [[float(2**k - 1)]], np.float32))
+    nodes += [
+        mk("Sub", ["all_given", code], ["pattern_f"]),  # small whole numbers: exact in float32
+        mk("Cast", ["pattern_f"], ["pattern"], to=TensorProto.INT64),
+    ]
+    return nodes, "pattern"
+
+
+def _grouped(patterns: int, pattern: str, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto]) -> list[str]:
+    """Nodes grouping the rows of ``X`` by pattern (a counting sort, stable): ``position`` [n] is each row's place
+    in the grouped order; returns the names of the per-pattern slices of the grouped rows."""
+    mk = helper.make_node
+    inits += [
+        _const("pattern_ids", [list(range(patterns))], np.int64),
+        _const("scalar_axis0", 0, np.int64),
+        _const("scalar_one", 1, np.int64),
+        _const("one", [1], np.int64),
+    ]
+    nodes += [
+        mk("Equal", [pattern, "pattern_ids"], ["hits"]),
+        mk("Cast", ["hits"], ["hits_i"], to=TensorProto.INT64),  # [n, P] one-hot
+        mk("CumSum", ["hits_i", "scalar_axis0"], ["seen"]),  # [n, P]: rows of each pattern up to this one
+        mk("ReduceSum", ["hits_i", "axis0"], ["counts"], keepdims=0),  # [P]
+        mk("CumSum", ["counts", "scalar_axis0"], ["starts"], exclusive=1),  # [P]: a pattern's first grouped row
+        mk("GatherElements", ["seen", pattern], ["rank"], axis=1),  # [n, 1]: 1-based place among its pattern's rows
+        mk("Reshape", ["rank", "flat"], ["rank_1d"]),
+        mk("Reshape", [pattern, "flat"], ["pattern_1d"]),
+        mk("Gather", ["starts", "pattern_1d"], ["first"]),
+        mk("Add", ["first", "rank_1d"], ["position_1"]),
+        mk("Sub", ["position_1", "one"], ["position"]),  # [n]
+        mk("Shape", ["position"], ["n_1d"]),
+        mk("Reshape", ["n_1d", "scalar_shape"], ["n"]),
+        mk("Range", ["scalar_zero", "n", "scalar_one"], ["rows"]),
+        mk("Unsqueeze", ["position", "axis1"], ["position_2d"]),
+        mk("ScatterND", ["rows", "position_2d", "rows"], ["order"]),  # order[position[i]] = i
+        mk("Gather", ["X", "order"], ["grouped"], axis=0),
+        mk("Split", ["grouped", "counts"], [f"rows_{i}" for i in range(patterns)], axis=0),
+    ]
+    inits += [_const("scalar_shape", np.zeros(0), np.int64), _const("scalar_zero", 0, np.int64)]
+    return [f"rows_{i}" for i in range(patterns)]
+
+
+def _answer(fitted: PerPattern, raw: str, pattern: str, inits: list[onnx.TensorProto]) -> list[onnx.NodeProto]:
+    """Nodes from the trees' answer ``raw`` [n, 1] to ``prediction``: the row's base times exp(raw) with the
+    log link, else raw itself."""
+    mk = helper.make_node
+    if not fitted.log_link:
+        return [mk("Identity", [raw], [OUTPUT])]
+    weights, bias = fitted.base_table()
+    inits += [_const("base_weights", weights, np.float32), _const("base_bias", bias, np.float32)]
+    inits += [_const("prop_index", fitted.proportional, np.int64)]
+    return [
+        mk("Gather", ["X", "prop_index"], ["prop"], axis=1),
+        mk("IsNaN", ["prop"], ["prop_nan"]),
+        mk("Where", ["prop_nan", "zero_f", "prop"], ["prop_filled"]),
+        mk("MatMul", ["prop_filled", "base_weights"], ["base_all_w"]),
+        mk("Add", ["base_all_w", "base_bias"], ["base_all"]),
+        mk("GatherElements", ["base_all", pattern], ["base"], axis=1),
+        mk("Exp", [raw], ["ratio"]),
+        mk("Mul", ["base", "ratio"], [OUTPUT]),
+    ]
 
 
 def details(fitted: PerPattern, proportional_to: Sequence[str]) -> dict[str, Any]:
