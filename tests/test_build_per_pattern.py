@@ -81,6 +81,21 @@ def test_proportional_submodels_beat_one_model_and_dispatch_every_row_to_its_pat
     assert np.asarray(empty).size == 0
 
 
+def test_without_optional_inputs_one_submodel_answers_every_row(tmp_path: Path) -> None:
+    """No pattern inputs: one pattern (every input given), no grouping in the graph, its answers the booster's."""
+    frame = _table().dropna().drop(columns=["region"])
+    spec = '[model]\ntarget = "y"\nestimator = "per_pattern"\nproportional_to = ["usage"]\nscore = "relative"'
+    manifest = build_with_spec(tmp_path, "plain", frame, spec)
+    assert list(manifest["metrics"]["model"]["patterns"]) == ["all"]
+    assert manifest["metrics"]["parity"]["rows"] > 0  # checked against the booster at build, within tolerance
+    verified = verify_model_dir(tmp_path / "plain" / "1.0.0")
+    model = OnnxModel(verified)
+    row = InstanceValidator(verified.manifest).one({"kind": "A", "size": 4.0, "usage": 8.0}).values
+    matrix = np.vstack([model.encoder.encode_row(row)] * 3)
+    assert float(model.run(matrix[:1])[0]) == pytest.approx(8.0, rel=0.05)
+    assert np.asarray(model.run(matrix)).tolist() == [float(model.run(matrix[:1])[0])] * 3
+
+
 @pytest.mark.parametrize(
     ("model_lines", "frame_change", "message"),
     [
