@@ -68,12 +68,11 @@ class BatchReader:
         )
         yield from reader
 
-    def most_batches(self, skip_rows: int = 0) -> int:
-        """At most how many batches ``batches(skip_rows)`` yields: from the row count a Parquet file records, or
-        from a CSV's size (a row takes at least one byte per column: a separator, or the end of the line)."""
-        if self.total_rows is not None:
-            rows = max(0, self.total_rows - skip_rows)
-        else:
+    def most_batches(self) -> int:
+        """At most how many batches ``batches()`` yields: from the row count a Parquet file records, or from a
+        CSV's size (a row takes at least one byte per column: a separator, or the end of the line)."""
+        rows = self.total_rows
+        if rows is None:
             rows = self.path.stat().st_size // max(1, len(self.schema.names))
         return -(-rows // self.batch_rows)
 
